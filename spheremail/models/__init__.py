@@ -1,0 +1,12 @@
+"""Database models, one module per domain. Import from here: ``from spheremail.models import Customer``."""
+from spheremail.models.user import User, Role, LoginFailure  # noqa: F401
+from spheremail.models.customer import (  # noqa: F401
+    Customer,
+    CustomerStatus,
+    MailboxNumberChange,
+    Recipient,
+    RecipientStatus,
+)
+from spheremail.models.audit import AuditEvent  # noqa: F401
+from spheremail.models.setting import Setting  # noqa: F401
+from spheremail.models.jobs import JobLease, JobSlot  # noqa: F401

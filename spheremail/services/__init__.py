@@ -1,0 +1,1 @@
+"""Workflows that touch several models. The caller commits."""
