@@ -10,3 +10,7 @@ from spheremail.models.customer import (  # noqa: F401
 from spheremail.models.audit import AuditEvent  # noqa: F401
 from spheremail.models.setting import Setting  # noqa: F401
 from spheremail.models.jobs import JobLease, JobSlot  # noqa: F401
+from spheremail.models.billing import (  # noqa: F401
+    BillingDetails, Invoice, InvoiceLine, InvoiceSequence, InvoiceStateError, InvoiceStatus,
+    OneOffFee, Payment, Plan,
+)

@@ -35,6 +35,7 @@ class Customer(db.Model):
     deactivate_reason: Mapped[str | None] = mapped_column(String(40))  # "end_of_period" | "date"
     deactivated_at: Mapped[dt.datetime | None]
     signed_up_via: Mapped[str] = mapped_column(String(20), default="staff")  # "portal" | "staff" | "demo"
+    plan_id: Mapped[int | None] = mapped_column(ForeignKey("plans.id"), index=True)  # billing: the customer's plan
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, server_default=func.now())
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -11,6 +11,15 @@ from spheremail.extensions import db
 # Every known setting and its default; a key not listed here is refused.
 DEFAULTS: dict[str, object] = {
     "new_recipient_status": "paid",  # status given to recipients customers add themselves
+    # Billing (spheremail.services.billing): money in minor units of billing_currency.
+    "billing_currency": "EUR",
+    "billing_recipient_price_minor": 0,
+    "billing_payment_terms_days": 14,
+    "billing_invoice_prefix": "INV-",
+    "billing_email_invoices": False,
+    "billing_gateway_publishable_key": "",
+    "billing_gateway_secret_key_encrypted": "",  # spheremail.crypto.encrypt; never shown back
+    "billing_gateway_webhook_secret_encrypted": "",  # idem
 }
 
 
