@@ -14,3 +14,6 @@ from spheremail.models.billing import (  # noqa: F401
     BillingDetails, Invoice, InvoiceLine, InvoiceSequence, InvoiceStateError, InvoiceStatus,
     OneOffFee, Payment, Plan,
 )
+from spheremail.models.integrations import (  # noqa: F401
+    ConnectionState, ExportState, IntegrationConnection, InvoiceExport, LinkSource, MemberLink, SyncRun,
+)
