@@ -17,3 +17,6 @@ from spheremail.models.billing import (  # noqa: F401
 from spheremail.models.integrations import (  # noqa: F401
     ConnectionState, ExportState, IntegrationConnection, InvoiceExport, LinkSource, MemberLink, SyncRun,
 )
+from spheremail.models.payments import (  # noqa: F401
+    AttemptKind, AttemptStatus, GatewayCustomer, PaymentAttempt, StripeEvent,
+)

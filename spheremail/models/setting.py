@@ -20,6 +20,8 @@ DEFAULTS: dict[str, object] = {
     "billing_gateway_publishable_key": "",
     "billing_gateway_secret_key_encrypted": "",  # spheremail.crypto.encrypt; never shown back
     "billing_gateway_webhook_secret_encrypted": "",  # idem
+    # Payments (spheremail.services.payments): charge saved cards when invoices fall due.
+    "payments_autocharge_saved_cards": False,
 }
 
 
