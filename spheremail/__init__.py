@@ -45,7 +45,11 @@ def register_extensions(app: Flask) -> None:
     login_manager.login_view = "auth.login"
     login_manager.login_message = None
     csrf.init_app(app)
-    htmx.init_app(app)
+    # Not the module-level name: importing the helper module spheremail.htmx rebinds
+    # ``spheremail.htmx`` to that module, so the next create_app would call the wrong object.
+    from spheremail.extensions import htmx as htmx_extension
+
+    htmx_extension.init_app(app)
     with app.app_context():
         install_sqlite_pragmas(db.engine)
 
