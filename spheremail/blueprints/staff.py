@@ -3,4 +3,38 @@ from __future__ import annotations
 
 from flask import Blueprint
 
+from spheremail.security import Capability, allow
+
 bp = Blueprint("staff", __name__, url_prefix="/staff")
+
+
+# --- Audit log (Operator only) ---------------------------------------------------------------
+
+AUDIT_PAGE_SIZE = 50
+
+
+@bp.route("/audit-log")
+@allow(Capability.VIEW_AUDIT)
+def audit_log():
+    """Audit events, newest first, filtered by action, paged.
+
+    Three queries whatever the number of rows: the distinct actions for the filter, the
+    count and the page (names come from the row's own ``actor_email``, no lookups per row).
+    """
+    from flask import request
+
+    from spheremail.extensions import db
+    from spheremail.htmx import render
+    from spheremail.models import AuditEvent
+
+    actions = db.session.execute(
+        db.select(AuditEvent.action).distinct().order_by(AuditEvent.action)
+    ).scalars().all()
+    action = (request.args.get("action") or "").strip()[:60]
+    query = db.select(AuditEvent).order_by(AuditEvent.created_at.desc(), AuditEvent.id.desc())
+    if action:
+        query = query.where(AuditEvent.action == action)
+    page = request.args.get("page", 1, type=int)
+    pagination = db.paginate(query, page=max(1, page or 1), per_page=AUDIT_PAGE_SIZE, error_out=False)
+    return render("staff/audit_log.html", "staff/partials/audit_table.html",
+                  pagination=pagination, events=pagination.items, actions=actions, action=action)

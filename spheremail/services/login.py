@@ -43,6 +43,9 @@ def authenticate(email: str, password: str, address: str | None) -> LoginResult:
         return LoginResult(None, f"Too many failed logins from your network. Try again in {minutes} minutes.")
     user = find_user_by_email(email)
     if user is not None and user.is_locked(now):
+        # Guesses against a locked account still count for the address, so spraying many
+        # locked accounts from one place is throttled too.
+        db.session.add(LoginFailure(address=address or "", email=(email or "")[:254]))
         remaining = int((user.locked_until - now).total_seconds() // 60) + 1
         return LoginResult(None, f"This account is locked after too many failed logins. "
                                  f"Try again in {remaining} minute(s), or reset your password.")
