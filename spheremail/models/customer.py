@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 
-from sqlalchemy import ForeignKey, String, Text, func
+from sqlalchemy import ForeignKey, Index, String, Text, func
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from spheremail.extensions import db
@@ -20,6 +20,8 @@ class Customer(db.Model):
     """A customer renting a mailbox. Never deleted: deactivation keeps every record."""
 
     __tablename__ = "customers"
+    # The staff list filters by status and pages in mailbox-number order (services/customers.py).
+    __table_args__ = (Index("ix_customers_status_mailbox_number", "status", "mailbox_number"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), unique=True)

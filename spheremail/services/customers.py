@@ -1,0 +1,461 @@
+"""Customers on the operator's side: creation, mailbox numbers, deactivation, search.
+
+Every function adds to ``db.session`` and leaves the commit to the caller. Errors the
+user can fix raise :class:`CustomerError` with a message fit for the page.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from sqlalchemy import func, or_, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import contains_eager
+
+from spheremail.extensions import db
+from spheremail.models import Customer, CustomerStatus, MailboxNumberChange, User
+from spheremail.models.base import today as utc_today
+from spheremail.models.base import utcnow
+from spheremail.models.user import Role, normalize_email
+from spheremail.services import audit, hooks
+
+FIRST_MAILBOX_NUMBER = 101
+MAX_MAILBOX_NUMBER = 9_999_999
+MAX_NAME = 100
+MAX_COMPANY = 200
+MAX_PHONE = 50
+MAX_EMAIL = 254
+PER_PAGE = 50
+MAX_QUERY = 100
+
+# Control characters break exports and e-mail headers; PostgreSQL refuses NUL outright.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_NUMBER_QUERY = re.compile(r"^#?([0-9]{1,7})$")
+
+DEACTIVATION_MODES = ("now", "end_of_period", "date")
+
+
+class CustomerError(ValueError):
+    """A change that cannot be made; ``str(exc)`` is shown to the user.
+
+    ``field`` names the form field the message belongs to, when there is one.
+    """
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+# --- validation ---------------------------------------------------------------------------
+
+def clean_text(value, label: str, max_length: int, *, required: bool, field: str) -> str | None:
+    """Strip ``value`` and check it; returns None for an empty optional value.
+
+    Any Unicode is welcome (templates escape it on output); control characters are not.
+    """
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise CustomerError(f"{label} must be text.", field)
+    value = value.strip()
+    if _CONTROL.search(value):
+        raise CustomerError(f"{label} contains characters that are not allowed.", field)
+    if required and not value:
+        raise CustomerError(f"Enter the {label.lower()}.", field)
+    if len(value) > max_length:
+        raise CustomerError(f"{label} is too long: at most {max_length} characters.", field)
+    return value or None
+
+
+def clean_email(value) -> str:
+    """A trimmed, lower-cased email that looks like one (no DNS lookups)."""
+    if not isinstance(value, str):
+        raise CustomerError("Enter a valid email address.", "email")
+    email = normalize_email(value)
+    if not email:
+        raise CustomerError("Enter the email address.", "email")
+    if len(email) > MAX_EMAIL:
+        raise CustomerError(f"The email address is too long: at most {MAX_EMAIL} characters.", "email")
+    if _CONTROL.search(email) or not _EMAIL.match(email):
+        raise CustomerError("Enter a valid email address, like name@example.com.", "email")
+    return email
+
+
+def clean_mailbox_number(value) -> int:
+    """A whole number from 1 to 9,999,999."""
+    if isinstance(value, bool):
+        raise CustomerError("The mailbox number must be a whole number.", "mailbox_number")
+    if isinstance(value, str):
+        value = value.strip().lstrip("#")
+        if not value.isascii() or not value.isdigit():
+            raise CustomerError("The mailbox number must be a whole number.", "mailbox_number")
+        value = int(value)
+    if not isinstance(value, int):
+        raise CustomerError("The mailbox number must be a whole number.", "mailbox_number")
+    if not 1 <= value <= MAX_MAILBOX_NUMBER:
+        raise CustomerError(f"The mailbox number must be between 1 and {MAX_MAILBOX_NUMBER:,}.",
+                            "mailbox_number")
+    return value
+
+
+def _describe(customer: Customer) -> str:
+    return f"{customer.full_name} ({customer.status})"
+
+
+# --- mailbox numbers ------------------------------------------------------------------------
+
+def _lock_numbers() -> None:
+    """Serialize mailbox-number and email allocation until the transaction ends.
+
+    "max + 1" is only correct if no one else allocates between our read and our insert.
+    PostgreSQL: a transaction-scoped advisory lock. SQLite: take the database's write lock
+    now (BEGIN IMMEDIATE) instead of at the first INSERT, so our read is already the
+    writer's view. The unique constraints stay as the last line of defence.
+    """
+    conn = db.session.connection()
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(7310101)"))
+    elif dialect == "sqlite":
+        raw = conn.connection.driver_connection
+        if not raw.in_transaction:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def next_free_mailbox_number() -> int:
+    """The number a new customer gets: one above the highest in use, starting at 101.
+
+    Numbers below the highest that were freed are not reused automatically: staff
+    can give one explicitly.
+    """
+    highest = db.session.execute(select(func.max(Customer.mailbox_number))).scalar()
+    number = max((highest or 0) + 1, FIRST_MAILBOX_NUMBER)
+    if number > MAX_MAILBOX_NUMBER:
+        raise CustomerError("Every mailbox number up to 9,999,999 is taken; give a free one explicitly.",
+                            "mailbox_number")
+    return number
+
+
+def holder_of(number: int) -> Customer | None:
+    """The customer (active or not) who has mailbox ``number``."""
+    return db.session.execute(
+        select(Customer).where(Customer.mailbox_number == number)
+    ).scalar_one_or_none()
+
+
+def _refuse_taken(number: int, customer: Customer | None = None) -> None:
+    holder = holder_of(number)
+    if holder is not None and holder is not customer:
+        hint = " Change that customer's number first to free it." if not holder.is_active else ""
+        raise CustomerError(f"Mailbox {number} belongs to {_describe(holder)}.{hint}", "mailbox_number")
+
+
+def _flush(conflict_message: str) -> None:
+    """Flush; a unique-constraint race that slipped past the checks becomes a CustomerError."""
+    try:
+        db.session.flush()
+    except IntegrityError as exc:
+        db.session.rollback()
+        raise CustomerError(conflict_message) from exc
+
+
+def change_mailbox_number(customer: Customer, new_number, actor=None) -> MailboxNumberChange:
+    """Give ``customer`` mailbox ``new_number`` (any free number from 1 to 9,999,999).
+
+    The old number becomes free. Raises CustomerError naming the holder when taken.
+    Records a :class:`MailboxNumberChange` and the audit event ``mailbox_number_changed``.
+    """
+    new_number = clean_mailbox_number(new_number)
+    if new_number == customer.mailbox_number:
+        raise CustomerError(f"This customer already has mailbox {new_number}.", "mailbox_number")
+    _lock_numbers()
+    _refuse_taken(new_number, customer)
+    old = customer.mailbox_number
+    change = MailboxNumberChange(customer=customer, old_number=old, new_number=new_number,
+                                 changed_by_id=getattr(actor, "id", None))
+    customer.mailbox_number = new_number
+    db.session.add(change)
+    audit.record("mailbox_number_changed", f"Mailbox {old} → {new_number} for {customer.full_name}",
+                 subject=customer, actor=actor)
+    _flush(f"Mailbox {new_number} was taken a moment ago. Choose another number.")
+    return change
+
+
+# --- creating and editing -------------------------------------------------------------------
+
+def _refuse_taken_email(email: str, user: User | None = None) -> None:
+    existing = db.session.execute(select(User).filter_by(email=email)).scalar_one_or_none()
+    if existing is None or existing is user:
+        return
+    if existing.customer is not None:
+        c = existing.customer
+        raise CustomerError(f"The email {email} already belongs to {c.full_name} "
+                            f"(mailbox {c.mailbox_number}, {c.status}).", "email")
+    raise CustomerError(f"The email {email} already belongs to a staff account.", "email")
+
+
+def create_customer(first_name, last_name, email, company=None, phone=None, mailbox_number=None,
+                    password=None, signed_up_via="staff", actor=None) -> Customer:
+    """Create an active customer with a login and a mailbox number; the caller commits.
+
+    ``mailbox_number`` defaults to :func:`next_free_mailbox_number`. Without ``password``
+    the account is "never activated" until the customer sets one (password reset).
+    Subscribers of ``customer_created`` are told after the commit.
+    """
+    first_name = clean_text(first_name, "First name", MAX_NAME, required=True, field="first_name")
+    last_name = clean_text(last_name, "Last name", MAX_NAME, required=True, field="last_name")
+    company = clean_text(company, "Company", MAX_COMPANY, required=False, field="company")
+    phone = clean_text(phone, "Phone", MAX_PHONE, required=False, field="phone")
+    email = clean_email(email)
+    if mailbox_number not in (None, ""):
+        mailbox_number = clean_mailbox_number(mailbox_number)
+    else:
+        mailbox_number = None
+    if password is not None:
+        from spheremail.services.accounts import AccountError, validate_password
+
+        try:
+            validate_password(password)
+        except AccountError as exc:
+            raise CustomerError(str(exc), "password") from exc
+
+    _lock_numbers()
+    _refuse_taken_email(email)
+    if mailbox_number is None:
+        mailbox_number = next_free_mailbox_number()
+    else:
+        _refuse_taken(mailbox_number)
+
+    user = User(email=email, role=Role.CUSTOMER.value)
+    if password is not None:
+        user.set_password(password)
+    customer = Customer(user=user, first_name=first_name, last_name=last_name, company=company,
+                        phone=phone, mailbox_number=mailbox_number,
+                        status=CustomerStatus.ACTIVE.value, signed_up_via=signed_up_via)
+    db.session.add_all([user, customer])
+    db.session.add(MailboxNumberChange(customer=customer, old_number=None, new_number=mailbox_number,
+                                       changed_by_id=getattr(actor, "id", None)))
+    _flush("That email or mailbox number was taken a moment ago. Check and try again.")
+    audit.record("customer_created", f"{customer.full_name}, mailbox {mailbox_number} "
+                 f"(via {signed_up_via})", subject=customer, actor=actor)
+    hooks.customer_created(customer)
+    return customer
+
+
+def update_customer(customer: Customer, *, first_name, last_name, email, company=None, phone=None,
+                    actor=None) -> list[str]:
+    """Change a customer's profile and login email; returns the names of changed fields.
+
+    Audited as ``customer_updated`` when anything changed.
+    """
+    values = {
+        "first_name": clean_text(first_name, "First name", MAX_NAME, required=True, field="first_name"),
+        "last_name": clean_text(last_name, "Last name", MAX_NAME, required=True, field="last_name"),
+        "company": clean_text(company, "Company", MAX_COMPANY, required=False, field="company"),
+        "phone": clean_text(phone, "Phone", MAX_PHONE, required=False, field="phone"),
+    }
+    email = clean_email(email)
+    changed = [name for name, value in values.items() if getattr(customer, name) != value]
+    if email != customer.user.email:
+        _lock_numbers()
+        _refuse_taken_email(email, customer.user)
+        customer.user.email = email
+        changed.append("email")
+    for name, value in values.items():
+        setattr(customer, name, value)
+    if changed:
+        audit.record("customer_updated", f"{customer.full_name}: changed {', '.join(changed)}",
+                     subject=customer, actor=actor)
+        _flush(f"The email {email} was taken a moment ago.")
+    return changed
+
+
+# --- deactivation -----------------------------------------------------------------------------
+
+def end_of_billing_period(today: dt.date) -> dt.date:
+    """The day a customer cancelled "at the end of the billing period" becomes inactive.
+
+    The billing period is the calendar month (the monthly bill run invoices whole months),
+    so this is the 1st of the next month: the customer keeps the service through the last
+    day of the current month and is inactive from the 1st.
+    """
+    if today.month == 12:
+        return dt.date(today.year + 1, 1, 1)
+    return dt.date(today.year, today.month + 1, 1)
+
+
+def _deactivate(customer: Customer) -> None:
+    customer.status = CustomerStatus.INACTIVE.value
+    customer.deactivated_at = utcnow()
+    customer.deactivate_on = None
+    customer.deactivate_reason = None
+
+
+def deactivate_now(customer: Customer, actor=None) -> None:
+    """Make ``customer`` inactive at once (records are kept; the portal is closed to them)."""
+    if not customer.is_active:
+        raise CustomerError(f"{customer.full_name} is already inactive.")
+    _deactivate(customer)
+    audit.record("customer_deactivated", f"{customer.full_name} deactivated now",
+                 subject=customer, actor=actor)
+
+
+def schedule_deactivation(customer: Customer, mode: str, on_date: dt.date | None = None, actor=None,
+                          today: dt.date | None = None) -> dt.date | None:
+    """Cancel ``customer``: ``mode`` is "now", "end_of_period" or "date".
+
+    - "end_of_period": inactive from the 1st of next month (the billing period is the
+      calendar month; see :func:`end_of_billing_period`).
+    - "date": inactive from ``on_date``, which must be today or later; today means now.
+    - "now": same as :func:`deactivate_now`.
+
+    Returns the scheduled date, or None when the customer was deactivated at once.
+    A later call replaces an earlier schedule. The daily job ``apply-cancellations``
+    applies schedules on their day.
+    """
+    today = today or utc_today()
+    if mode not in DEACTIVATION_MODES:
+        raise CustomerError("Choose when the customer becomes inactive.", "mode")
+    if not customer.is_active:
+        raise CustomerError(f"{customer.full_name} is already inactive.")
+    if mode == "now":
+        deactivate_now(customer, actor=actor)
+        return None
+    if mode == "end_of_period":
+        when = end_of_billing_period(today)
+    else:
+        if not isinstance(on_date, dt.date):
+            raise CustomerError("Choose the date the customer becomes inactive.", "on_date")
+        if isinstance(on_date, dt.datetime):
+            on_date = on_date.date()
+        if on_date < today:
+            raise CustomerError("The date cannot be in the past.", "on_date")
+        if on_date == today:
+            deactivate_now(customer, actor=actor)
+            return None
+        when = on_date
+    customer.deactivate_on = when
+    customer.deactivate_reason = mode
+    audit.record("deactivation_scheduled",
+                 f"{customer.full_name} becomes inactive on {when.isoformat()} "
+                 f"({'end of billing period' if mode == 'end_of_period' else 'chosen date'})",
+                 subject=customer, actor=actor)
+    return when
+
+
+def withdraw_scheduled_deactivation(customer: Customer, actor=None) -> None:
+    """Cancel a scheduled deactivation before it takes effect."""
+    if customer.deactivate_on is None:
+        raise CustomerError(f"{customer.full_name} has no scheduled deactivation.")
+    when = customer.deactivate_on
+    customer.deactivate_on = None
+    customer.deactivate_reason = None
+    audit.record("deactivation_withdrawn",
+                 f"{customer.full_name}: deactivation of {when.isoformat()} withdrawn",
+                 subject=customer, actor=actor)
+
+
+def reactivate(customer: Customer, actor=None) -> None:
+    """Make an inactive customer active again, with the mailbox number they hold now."""
+    if customer.is_active:
+        raise CustomerError(f"{customer.full_name} is already active.")
+    customer.status = CustomerStatus.ACTIVE.value
+    customer.deactivated_at = None
+    audit.record("customer_reactivated", f"{customer.full_name} reactivated",
+                 subject=customer, actor=actor)
+
+
+def apply_due_deactivations(today: dt.date) -> list[Customer]:
+    """Deactivate every active customer whose scheduled date is ``today`` or earlier.
+
+    Used by the daily job ``apply-cancellations``; a missed day is caught up because
+    earlier dates are included. The caller commits.
+    """
+    due = db.session.execute(
+        select(Customer)
+        .where(Customer.status == CustomerStatus.ACTIVE.value)
+        .where(Customer.deactivate_on.is_not(None), Customer.deactivate_on <= today)
+        .order_by(Customer.mailbox_number)
+    ).scalars().all()
+    for customer in due:
+        when = customer.deactivate_on
+        _deactivate(customer)
+        audit.record("customer_deactivated",
+                     f"{customer.full_name} deactivated as scheduled for {when.isoformat()}",
+                     subject=customer, actor=None)
+    return list(due)
+
+
+# --- search -----------------------------------------------------------------------------------
+
+STATUS_FILTERS = ("active", "inactive", "all")
+
+
+def _like_escape(word: str) -> str:
+    return word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _number_condition(digits: str):
+    """Exact number, or any number starting with ``digits`` as index-friendly ranges."""
+    value = int(digits)
+    if digits.startswith("0") or value == 0:
+        return Customer.mailbox_number == value
+    ranges = []
+    for extra in range(0, 8 - len(digits)):
+        low = value * 10 ** extra
+        high = min(low + 10 ** extra - 1, MAX_MAILBOX_NUMBER)
+        if low > MAX_MAILBOX_NUMBER:
+            break
+        ranges.append(Customer.mailbox_number == low if extra == 0
+                      else Customer.mailbox_number.between(low, high))
+    return or_(*ranges)
+
+
+def search_conditions(q: str | None, status: str | None) -> list:
+    """WHERE conditions for :func:`search_customers` (customers joined with users)."""
+    conditions = []
+    if status in ("active", "inactive"):
+        conditions.append(Customer.status == status)
+    q = (q or "").strip()[:MAX_QUERY]
+    if not q:
+        return conditions
+    number = _NUMBER_QUERY.match(q)
+    if number:
+        conditions.append(_number_condition(number.group(1)))
+        return conditions
+    # Every word must match one of the fields: "ada love" finds Ada Lovelace.
+    # Emails are stored lower-cased; lower() on both sides works alike on SQLite and PostgreSQL.
+    for word in q.lower().split()[:5]:
+        pattern = f"%{_like_escape(word)}%"
+        conditions.append(or_(
+            func.lower(Customer.first_name).like(pattern, escape="\\"),
+            func.lower(Customer.last_name).like(pattern, escape="\\"),
+            func.lower(Customer.company).like(pattern, escape="\\"),
+            User.email.like(pattern, escape="\\"),
+        ))
+    return conditions
+
+
+def search_customers(q: str | None = None, status: str | None = "active", page: int = 1,
+                     per_page: int = PER_PAGE) -> tuple[list[Customer], int]:
+    """One page of customers matching ``q``, ordered by mailbox number, and the total.
+
+    ``q`` matches first name, last name, company and email (case-insensitive, every
+    word must match), or — when it is digits (optionally after "#") — the mailbox
+    number exactly or by prefix. ``status`` is "active", "inactive" or "all".
+    Two queries whatever the page size: the rows (users joined in) and the count.
+    """
+    conditions = search_conditions(q, status)
+    total = db.session.execute(
+        select(func.count(Customer.id)).join(Customer.user).where(*conditions)
+    ).scalar_one()
+    page = max(1, int(page or 1))
+    offset = (page - 1) * per_page
+    if offset >= total:
+        return [], total
+    rows = db.session.execute(
+        select(Customer).join(Customer.user).options(contains_eager(Customer.user))
+        .where(*conditions).order_by(Customer.mailbox_number).offset(offset).limit(per_page)
+    ).scalars().all()
+    return list(rows), total
