@@ -38,3 +38,39 @@ def audit_log():
     pagination = db.paginate(query, page=max(1, page or 1), per_page=AUDIT_PAGE_SIZE, error_out=False)
     return render("staff/audit_log.html", "staff/partials/audit_table.html",
                   pagination=pagination, events=pagination.items, actions=actions, action=action)
+
+
+# --- Operator settings (customers and recipients) --------------------------------------------
+
+@bp.route("/settings", methods=["GET", "POST"])
+@allow(Capability.MANAGE_CUSTOMERS)
+def settings():
+    """The status (free or paid) that recipients get when added without one, e.g. by customers."""
+    from flask import flash, redirect, url_for
+    from flask_wtf import FlaskForm
+    from wtforms import RadioField
+    from wtforms.validators import InputRequired
+
+    from spheremail.extensions import db
+    from spheremail.htmx import render
+    from spheremail.models import Setting
+    from spheremail.services import audit
+    from spheremail.services.recipients import default_status
+
+    class SettingsForm(FlaskForm):
+        new_recipient_status = RadioField(
+            "Status of new additional recipients",
+            choices=[("paid", "Paid (charged monthly)"), ("free", "Free")],
+            validators=[InputRequired("Choose free or paid.")],
+        )
+
+    form = SettingsForm(data={"new_recipient_status": default_status()})
+    if form.validate_on_submit():
+        value = form.new_recipient_status.data
+        if value != default_status():
+            Setting.put("new_recipient_status", value)
+            audit.record("setting_changed", f"new recipients are {value}")
+            db.session.commit()
+        flash("Settings saved.", "success")
+        return redirect(url_for("staff.settings"), code=303)
+    return render("staff/settings.html", form=form)
