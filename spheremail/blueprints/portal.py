@@ -6,16 +6,37 @@ from flask_login import current_user, login_user
 from flask_wtf import FlaskForm
 from sqlalchemy.exc import IntegrityError
 from wtforms import EmailField, PasswordField, StringField
-from wtforms.validators import DataRequired, Email, Length, Optional, ValidationError
+from wtforms.validators import DataRequired, Length, Optional, ValidationError
 
 from spheremail.extensions import db
 from spheremail.htmx import render
 from spheremail.models import Recipient
 from spheremail.security import customer_only, public
-from spheremail.services.accounts import AccountError, validate_password
-from spheremail.services.profile import COMPANY_MAX, EMAIL_MAX, NAME_MAX, PHONE_MAX, email_taken
+from spheremail.services.accounts import AccountError, email_taken, validate_password
+from spheremail.services.customers import MAX_COMPANY as COMPANY_MAX
+from spheremail.services.customers import MAX_EMAIL as EMAIL_MAX
+from spheremail.services.customers import MAX_NAME as NAME_MAX
+from spheremail.services.customers import MAX_PHONE as PHONE_MAX
+from spheremail.services.customers import CustomerError
 
 bp = Blueprint("portal", __name__)
+
+EMAIL_USED = "An account with this email already exists. Log in, or reset its password."
+EMAIL_USED_PROFILE = "Another account already uses this email address. Choose a different one."
+
+
+def _field_error(form, exc: CustomerError, neutral_email: str) -> str | None:
+    """Put a service error on its form field; returns page-level text when it has no field.
+
+    Email errors are replaced by a neutral text: the service's own message names the other
+    account's holder, which is for staff, not for a customer.
+    """
+    field = getattr(form, exc.field, None) if getattr(exc, "field", None) else None
+    if field is None:
+        return str(exc)
+    message = neutral_email if exc.field == "email" and "already" in str(exc) else str(exc)
+    field.errors = [*field.errors, message]
+    return "Some fields need your attention."
 
 
 def plain_text(form, field):
@@ -24,29 +45,43 @@ def plain_text(form, field):
         raise ValidationError(f"{field.label.text} cannot contain < or >.")
 
 
+def valid_email(form, field):
+    """The same rule as staff-created customers (no DNS lookups, reserved test domains allowed)."""
+    from spheremail.services.customers import clean_email
+
+    try:
+        clean_email(field.data)
+    except CustomerError as exc:
+        raise ValidationError(str(exc)) from exc
+
+
+def _at_most(n: int) -> Length:
+    return Length(max=n, message=f"Use at most {n} characters.")
+
+
 def _strip(value):
     return value.strip() if isinstance(value, str) else value
 
 
 class NameFields:
     first_name = StringField("First name", filters=[_strip],
-                             validators=[DataRequired("Enter a first name."), Length(max=NAME_MAX), plain_text])
+                             validators=[DataRequired("Enter a first name."), _at_most(NAME_MAX), plain_text])
     last_name = StringField("Last name", filters=[_strip],
-                            validators=[DataRequired("Enter a last name."), Length(max=NAME_MAX), plain_text])
+                            validators=[DataRequired("Enter a last name."), _at_most(NAME_MAX), plain_text])
     company = StringField("Company (optional)", filters=[_strip],
-                          validators=[Optional(), Length(max=COMPANY_MAX), plain_text])
+                          validators=[Optional(), _at_most(COMPANY_MAX), plain_text])
 
 
 class SignupForm(NameFields, FlaskForm):
     email = EmailField("Email", filters=[_strip], validators=[
-        DataRequired("Enter your email address."), Length(max=EMAIL_MAX),
-        Email("Enter a valid email address.", check_deliverability=False)])
-    password = PasswordField("Password", validators=[DataRequired("Choose a password."), Length(max=200)])
-    confirm = PasswordField("Password again", validators=[DataRequired("Enter the password again."), Length(max=200)])
+        DataRequired("Enter your email address."), _at_most(EMAIL_MAX),
+        valid_email])
+    password = PasswordField("Password", validators=[DataRequired("Choose a password."), _at_most(200)])
+    confirm = PasswordField("Password again", validators=[DataRequired("Enter the password again."), _at_most(200)])
 
     def validate_email(self, field):
         if email_taken(field.data or ""):
-            raise ValidationError("An account with this email already exists. Log in, or reset its password.")
+            raise ValidationError(EMAIL_USED)
 
     def validate_password(self, field):
         try:
@@ -61,16 +96,16 @@ class SignupForm(NameFields, FlaskForm):
 
 class ProfileForm(NameFields, FlaskForm):
     phone = StringField("Phone (optional)", filters=[_strip],
-                        validators=[Optional(), Length(max=PHONE_MAX), plain_text])
+                        validators=[Optional(), _at_most(PHONE_MAX), plain_text])
     email = EmailField("Email", filters=[_strip], validators=[
-        DataRequired("Enter your email address."), Length(max=EMAIL_MAX),
-        Email("Enter a valid email address.", check_deliverability=False)])
+        DataRequired("Enter your email address."), _at_most(EMAIL_MAX),
+        valid_email])
 
 
 class PasswordForm(FlaskForm):
-    current = PasswordField("Current password", validators=[DataRequired("Enter your current password."), Length(max=200)])
-    password = PasswordField("New password", validators=[DataRequired("Choose a new password."), Length(max=200)])
-    confirm = PasswordField("New password again", validators=[DataRequired("Enter the new password again."), Length(max=200)])
+    current = PasswordField("Current password", validators=[DataRequired("Enter your current password."), _at_most(200)])
+    password = PasswordField("New password", validators=[DataRequired("Choose a new password."), _at_most(200)])
+    confirm = PasswordField("New password again", validators=[DataRequired("Enter the new password again."), _at_most(200)])
 
     def validate_confirm(self, field):
         if field.data != self.password.data:
@@ -86,6 +121,18 @@ def _customer():
     if customer is None:  # a customer login without a profile: nothing to show
         abort(404)
     return customer
+
+
+def _actor():
+    """Who to write in the audit trail: the staff member while they act as the customer."""
+    from spheremail.models import User
+
+    staff_id = session.get("impersonator_id")
+    if staff_id:
+        staff = db.session.get(User, int(staff_id))
+        if staff is not None:
+            return staff
+    return current_user._get_current_object()
 
 
 def _own_recipient(recipient_id: int) -> Recipient:
@@ -120,10 +167,10 @@ def signup():
             db.session.commit()
         except IntegrityError:
             db.session.rollback()  # two sign-ups with one email at the same moment
-            error = "An account with this email already exists. Log in, or reset its password."
-        except ValueError as exc:  # the service's user-facing validation errors
+            error = EMAIL_USED
+        except CustomerError as exc:  # the service's user-facing validation errors
             db.session.rollback()
-            error = str(exc)
+            error = _field_error(form, exc, EMAIL_USED)
         else:
             session.pop("impersonator_id", None)
             login_user(customer.user)
@@ -166,7 +213,7 @@ def _business_address() -> str | None:
 @customer_only
 def profile():
     """Edit name, company, phone and login email (unique ignoring case)."""
-    from spheremail.services.profile import update_profile
+    from spheremail.services.customers import update_customer
 
     customer = _customer()
     form = ProfileForm(obj=customer) if request.method == "GET" else ProfileForm()
@@ -175,17 +222,18 @@ def profile():
     error = None
     if form.validate_on_submit():
         try:
-            changed = update_profile(customer, first_name=form.first_name.data, last_name=form.last_name.data,
-                                     company=form.company.data, phone=form.phone.data, email=form.email.data,
-                                     actor=current_user._get_current_object())
+            if email_taken(form.email.data, except_user=customer.user):
+                raise CustomerError(EMAIL_USED_PROFILE, "email")
+            changed = update_customer(customer, first_name=form.first_name.data, last_name=form.last_name.data,
+                                      company=form.company.data, phone=form.phone.data, email=form.email.data,
+                                      actor=_actor())
             db.session.commit()
-        except AccountError as exc:
+        except CustomerError as exc:
             db.session.rollback()
-            form.email.errors = [*form.email.errors, str(exc)]
-            error = "Some fields need your attention."
+            error = _field_error(form, exc, EMAIL_USED_PROFILE)
         except IntegrityError:
             db.session.rollback()
-            form.email.errors = [*form.email.errors, "Another account already uses this email address."]
+            form.email.errors = [*form.email.errors, EMAIL_USED_PROFILE]
             error = "Some fields need your attention."
         else:
             flash("Your details are saved." if changed else "Nothing changed.", "success")
@@ -236,11 +284,11 @@ def recipient_new():
         try:
             recipient = add_recipient(customer, form.first_name.data, form.last_name.data,
                                       company=form.company.data or None, status=None,
-                                      actor=current_user._get_current_object())
+                                      actor=_actor())
             db.session.commit()
-        except ValueError as exc:
+        except CustomerError as exc:
             db.session.rollback()
-            error = str(exc)
+            error = _field_error(form, exc, "")
         else:
             flash(f"{recipient.full_name} is added to your mailbox.", "success")
             return redirect(url_for("portal.home"), code=303)
@@ -261,11 +309,11 @@ def recipient_edit(recipient_id: int):
     if form.validate_on_submit():
         try:
             update_recipient(recipient, first_name=form.first_name.data, last_name=form.last_name.data,
-                             company=form.company.data or None, actor=current_user._get_current_object())
+                             company=form.company.data or None, actor=_actor())
             db.session.commit()
-        except ValueError as exc:
+        except CustomerError as exc:
             db.session.rollback()
-            error = str(exc)
+            error = _field_error(form, exc, "")
         else:
             flash(f"{recipient.full_name} is saved.", "success")
             return redirect(url_for("portal.home"), code=303)

@@ -170,3 +170,17 @@ def send_password_reset(user: User, *, actor: User | None = None) -> None:
     else:
         audit.record("password_reset_requested", f"password-reset email sent to {user.email}",
                      subject=user, actor=None)
+
+
+def email_taken(email: str, *, except_user: User | None = None) -> bool:
+    """True when another login already uses ``email`` (compared ignoring case).
+
+    The portal asks this first so a customer is told "already used" without learning
+    whose account it is (the staff-side message names the holder).
+    """
+    from sqlalchemy import func
+
+    query = db.select(func.count(User.id)).where(func.lower(User.email) == normalize_email(email))
+    if except_user is not None:
+        query = query.where(User.id != except_user.id)
+    return db.session.execute(query).scalar_one() > 0
