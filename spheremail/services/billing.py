@@ -390,6 +390,7 @@ class BillRunResult:
     invoice_ids: list[int] = field(default_factory=list)
     emailed: int = 0
     email_failed: int = 0
+    retries: int = 0  # batches redone after losing a race (stays 0 while the counter lock works)
 
     def summary(self) -> str:
         text = (f"{self.period}: {self.created} invoice(s) created, {self.already_billed} already billed, "
@@ -498,6 +499,7 @@ def run_bill_run(period: str | dt.date, *, run_date: dt.date | None = None, batc
                 # Another run inserted one of these invoices between our check and insert:
                 # our batch (and its numbers) rolled back; re-read and try again.
                 db.session.rollback()
+                result.retries += 1
                 if attempt == 2:
                     raise
         result.invoice_ids.extend(created)
