@@ -63,7 +63,7 @@ def register_extensions(app: Flask) -> None:
 # Every blueprint module of the app, registered when present. A newcomer finds a
 # feature by its folder: spheremail/blueprints/<name>.py and templates/<name>/.
 BLUEPRINT_MODULES = (
-    "auth", "staff", "customers", "recipients", "portal", "billing", "integrations", "mail",
+    "auth", "staff", "customers", "recipients", "portal", "billing", "integrations", "mail", "payments",
 )
 
 

@@ -199,7 +199,7 @@ def load_jobs() -> dict[str, Job]:
     """Import every job module so it registers itself; returns the registry."""
     from spheremail.jobs import cancellations  # noqa: F401
 
-    for optional in ("spheremail.jobs.billing", "spheremail.jobs.integrations"):
+    for optional in ("spheremail.jobs.billing", "spheremail.jobs.integrations", "spheremail.jobs.payments"):
         try:
             __import__(optional)
         except ModuleNotFoundError as exc:
