@@ -1,0 +1,369 @@
+"""Export pending invoices to the coworking system, exactly once (engineering.md).
+
+For each eligible invoice (pending, customer connected, created after the integration
+was enabled, export switched on):
+
+1. **claim**: insert its :class:`~spheremail.models.InvoiceExport` row (``invoice_id`` is
+   unique) or take over a retryable one with a conditional UPDATE, and COMMIT. Two
+   processes can never both hold one invoice;
+2. mark the row ``sending`` and COMMIT, then call the provider with no transaction open;
+3. on success store the remote id and close the invoice IN ONE TRANSACTION;
+4. when the outcome is unknown (timeout, dropped answer, 5xx after sending, or a crash
+   that left a row ``sending``): if the provider can search by our reference, look it
+   up before any retry; if it cannot (OfficeRnD), mark the row ``unknown`` for a person,
+   who either enters the remote id ("it was created") or releases it ("not created");
+5. a refusal that proves nothing was created (400, 401/403, connection refused) marks
+   the row ``failed``; it is retried by the next run;
+6. rate limited beyond what the client waits out, or the other side unreachable: stop
+   early (:class:`~spheremail.jobs.StopEarly`) and resume on the next tick.
+
+Nothing is ever re-sent without knowing the first attempt did not land.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from sqlalchemy import or_, update
+from sqlalchemy.exc import IntegrityError
+
+from spheremail.extensions import db
+from spheremail.integrations.base import InvoiceExport as ExportRequest
+from spheremail.integrations.base import OutcomeUnknown, ProviderError
+from spheremail.models import IntegrationConnection, Invoice, InvoiceExport, MemberLink
+from spheremail.models.base import utcnow
+from spheremail.models.billing import InvoiceStatus
+from spheremail.models.integrations import ExportState
+
+log = logging.getLogger(__name__)
+
+# A row left "sending" longer than this belongs to a run that died (a live run finishes
+# one call within the client's timeouts and rate-limit waits, a few minutes at most).
+SENDING_STALE = dt.timedelta(minutes=15)
+# A "claimed" row not turned into "sending" within this time was abandoned.
+CLAIM_STALE = dt.timedelta(minutes=5)
+LOOKUP_RETRIES = 3  # for providers with lookup: re-sends after "not found", with backoff
+MAX_CONSECUTIVE_ERRORS = 3  # remote/unreachable errors in a row before stopping early
+
+
+class ExportStopped(Exception):
+    """The run stopped early (rate limited, unreachable); resume on the next tick."""
+
+
+class ExportError(ValueError):
+    """A resolution request that cannot be done; the message is user-facing."""
+
+
+@dataclass
+class ExportResult:
+    exported: int = 0
+    failed: int = 0
+    unknown: int = 0
+    skipped: int = 0  # held by another run
+    stopped: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = f"{self.exported} exported, {self.failed} failed, {self.unknown} to check"
+        if self.skipped:
+            text += f", {self.skipped} busy elsewhere"
+        if self.stopped:
+            text += f"; stopped early: {self.stopped}"
+        return text
+
+
+def eligible_invoice_ids(conn: IntegrationConnection, limit: int | None = None) -> list[int]:
+    """Invoices to export now: pending, connected customer, created on/after enabled_at,
+    and either never claimed or in a retryable outbox state."""
+    stale_claim = utcnow() - CLAIM_STALE
+    query = (
+        db.select(Invoice.id)
+        .join(MemberLink, (MemberLink.customer_id == Invoice.customer_id)
+              & (MemberLink.provider == conn.provider) & MemberLink.active.is_(True))
+        .outerjoin(InvoiceExport, InvoiceExport.invoice_id == Invoice.id)
+        .where(Invoice.status == InvoiceStatus.PENDING.value)
+        .where(Invoice.created_at >= conn.enabled_at)
+        .where(Invoice.number.is_not(None))
+        .where(or_(InvoiceExport.id.is_(None),
+                   InvoiceExport.state == ExportState.FAILED.value,
+                   (InvoiceExport.state == ExportState.CLAIMED.value) & (InvoiceExport.claimed_at < stale_claim)))
+        .order_by(Invoice.id)
+    )
+    if limit:
+        query = query.limit(limit)
+    return list(db.session.execute(query).scalars())
+
+
+def _claim(invoice_id: int, provider: str, owner: str) -> InvoiceExport | None:
+    """Take the invoice for this run and commit; None if another run holds it."""
+    now = utcnow()
+    row = db.session.execute(db.select(InvoiceExport).filter_by(invoice_id=invoice_id)).scalar_one_or_none()
+    if row is None:
+        db.session.add(InvoiceExport(invoice_id=invoice_id, provider=provider, owner=owner,
+                                     state=ExportState.CLAIMED.value, claimed_at=now))
+        try:
+            db.session.commit()
+        except IntegrityError:
+            db.session.rollback()
+            return None
+    else:
+        # Conditional update: exactly one run wins a retryable row.
+        stale_claim = now - CLAIM_STALE
+        result = db.session.execute(
+            update(InvoiceExport).where(InvoiceExport.id == row.id)
+            .where(or_(InvoiceExport.state == ExportState.FAILED.value,
+                       (InvoiceExport.state == ExportState.CLAIMED.value)
+                       & (InvoiceExport.claimed_at < stale_claim)))
+            .values(state=ExportState.CLAIMED.value, owner=owner, claimed_at=now, provider=provider)
+        )
+        db.session.commit()
+        if result.rowcount != 1:
+            return None
+    return db.session.execute(db.select(InvoiceExport).filter_by(invoice_id=invoice_id)).scalar_one()
+
+
+def _mark_sending(row_id: int, owner: str) -> bool:
+    """claimed → sending (ours only), committed BEFORE the remote call."""
+    result = db.session.execute(
+        update(InvoiceExport).where(InvoiceExport.id == row_id, InvoiceExport.owner == owner,
+                                    InvoiceExport.state == ExportState.CLAIMED.value)
+        .values(state=ExportState.SENDING.value, sending_at=utcnow(),
+                attempts=InvoiceExport.attempts + 1)
+    )
+    db.session.commit()
+    return result.rowcount == 1
+
+
+def _set_state(row_id: int, state: ExportState, error: str | None = None, **values) -> None:
+    row = db.session.get(InvoiceExport, row_id)
+    row.state = state.value
+    if error is not None:
+        row.last_error = error[:2000]
+    for key, value in values.items():
+        setattr(row, key, value)
+    db.session.commit()
+
+
+def complete(row: InvoiceExport, remote_id: str, *, by=None) -> None:
+    """Store the remote id and close the invoice here, in one transaction (committed)."""
+    from spheremail.services.billing import close_by_export
+
+    now = utcnow()
+    invoice = db.session.get(Invoice, row.invoice_id)
+    row.state, row.remote_id, row.done_at, row.last_error = ExportState.DONE.value, remote_id, now, None
+    if by is not None:
+        row.resolved_by_id = by.id
+    if invoice.status == InvoiceStatus.PENDING.value:
+        close_by_export(invoice, row.provider, remote_id, now)
+    db.session.commit()
+
+
+def _request_for(invoice: Invoice, member_id: str, location_id: str) -> ExportRequest:
+    from spheremail.money import to_decimal
+
+    lines = ", ".join(line.description for line in invoice.lines)[:150]
+    return ExportRequest(
+        invoice_number=invoice.number, member_id=member_id, location_id=location_id,
+        total=Decimal(to_decimal(invoice.total_minor, invoice.currency)), currency=invoice.currency,
+        issue_date=invoice.issue_date or invoice.created_at.date(),
+        description=lines or f"SphereMail invoice {invoice.number}")
+
+
+def _hook_after_remote_call(row_id: int, remote_id: str) -> None:
+    """Called after the remote create succeeded, before the local commit. Tests replace it
+    to simulate a crash in exactly that window."""
+
+
+def export_pending(provider_name: str | None = None, *, client=None, owner: str | None = None,
+                   now: dt.datetime | None = None, sleep=time.sleep, limit: int | None = None) -> ExportResult:
+    """Export every eligible invoice of the active integration (of ``provider_name``).
+
+    Returns the result; raises :class:`ExportStopped` when it stopped early (the rows it
+    did not reach are untouched and the next run takes them). Safe to run from several
+    processes at once: each invoice is claimed by exactly one.
+    """
+    from spheremail.integrations.registry import provider_for
+
+    conn = IntegrationConnection.active()
+    result = ExportResult()
+    if conn is None or (provider_name and conn.provider != provider_name):
+        result.stopped = "the integration is not connected"
+        return result
+    if not conn.exports_invoices:
+        result.stopped = "invoice export is switched off"
+        return result
+    owner = owner or f"export-{uuid.uuid4().hex[:12]}"
+    now = now or utcnow()
+    client = client or provider_for(conn)
+    conn_id, provider, location_id = conn.id, conn.provider, conn.location_id
+
+    try:
+        _recover_stale(client, provider, now, result)
+        consecutive = 0
+        for invoice_id in eligible_invoice_ids(conn, limit):
+            row = _claim(invoice_id, provider, owner)
+            if row is None:
+                result.skipped += 1
+                continue
+            outcome = _export_one(client, row.id, owner, location_id, sleep)
+            if outcome in ("remote", "unreachable"):
+                consecutive += 1
+                if consecutive >= MAX_CONSECUTIVE_ERRORS:
+                    raise ExportStopped(f"{provider} keeps failing; resuming on the next run")
+            else:
+                consecutive = 0
+            _count(result, outcome)
+    except ExportStopped as exc:
+        result.stopped = str(exc)
+    finally:
+        conn = db.session.get(IntegrationConnection, conn_id)
+        conn.last_export_at = utcnow()
+        conn.last_export_summary = result.summary()
+        db.session.commit()
+    if result.stopped:
+        raise ExportStopped(result.summary())
+    return result
+
+
+def _count(result: ExportResult, outcome: str) -> None:
+    if outcome == "done":
+        result.exported += 1
+    elif outcome == "unknown":
+        result.unknown += 1
+    elif outcome in ("failed", "remote", "unreachable"):
+        result.failed += 1
+
+
+def _recover_stale(client, provider: str, now: dt.datetime, result: ExportResult) -> None:
+    """Rows left ``sending`` by a run that died: their outcome is unknown."""
+    stale = db.session.execute(
+        db.select(InvoiceExport).filter_by(state=ExportState.SENDING.value, provider=provider)
+        .where(InvoiceExport.sending_at < now - SENDING_STALE)
+    ).scalars().all()
+    busy = db.session.execute(
+        db.select(db.func.count(InvoiceExport.id)).filter_by(state=ExportState.SENDING.value, provider=provider)
+        .where(InvoiceExport.sending_at >= now - SENDING_STALE)
+    ).scalar()
+    for row in stale:
+        row_id, number = row.id, row.invoice.number
+        db.session.commit()
+        outcome = _resolve_unknown(client, row_id, number, "the run sending it stopped before it finished")
+        _count(result, outcome)
+    if busy:
+        # Maybe another live run, maybe a crash moments ago: decide on a later tick.
+        result.skipped += busy
+        result.stopped = result.stopped or f"{busy} export(s) still in progress elsewhere"
+
+
+def _resolve_unknown(client, row_id: int, number: str, why: str) -> str:
+    """Outcome unknown: look it up by our reference if we can, else hand it to a person."""
+    if getattr(client, "supports_export_lookup", False):
+        try:
+            remote_id = client.find_export(number)
+        except ProviderError as exc:
+            _set_state(row_id, ExportState.UNKNOWN, f"{why}; the lookup failed too: {exc.message}")
+            return "unknown"
+        if remote_id:
+            complete(db.session.get(InvoiceExport, row_id), remote_id)
+            return "done"
+        # Proven absent: safe to send again on the next run.
+        _set_state(row_id, ExportState.FAILED, f"{why}; not found over there, will be sent again")
+        return "failed"
+    _set_state(row_id, ExportState.UNKNOWN, f"{why}. {client.name} cannot be searched for it: "
+                                            "check whether it was created and resolve it here.")
+    return "unknown"
+
+
+def _export_one(client, row_id: int, owner: str, location_id: str, sleep) -> str:
+    """Send one claimed invoice. Returns done|failed|unknown|remote|unreachable; raises
+    ExportStopped when the run must stop."""
+    row = db.session.get(InvoiceExport, row_id)
+    invoice = db.session.get(Invoice, row.invoice_id)
+    link = MemberLink.active_for(invoice.customer_id, row.provider)
+    if invoice.status != InvoiceStatus.PENDING.value or link is None:
+        # Paid, voided or disconnected since it was listed: release it.
+        db.session.delete(row)
+        db.session.commit()
+        return "skipped"
+    request = _request_for(invoice, link.member_id, location_id)
+    row.member_id = link.member_id
+    db.session.commit()
+    for attempt in range(LOOKUP_RETRIES + 1):
+        if not _mark_sending(row_id, owner):
+            return "skipped"  # lost the claim (should not happen; never send without it)
+        try:
+            remote_id = client.export_invoice(request)
+        except OutcomeUnknown as exc:
+            outcome = _resolve_unknown(client, row_id, request.invoice_number, exc.message)
+            if outcome != "failed" or attempt == LOOKUP_RETRIES:
+                return outcome
+            # Looked up and proven absent: back off, then send again under the same claim.
+            _set_state(row_id, ExportState.CLAIMED, owner=owner)
+            sleep(min(30.0, 0.5 * 2 ** attempt) * (0.5 + random.random() / 2))
+            continue
+        except ProviderError as exc:
+            # Known not created: retryable by the next run.
+            _set_state(row_id, ExportState.FAILED, exc.message)
+            if exc.kind == "rate_limited":
+                raise ExportStopped(exc.message) from None
+            if exc.kind in ("auth", "scope"):
+                raise ExportStopped(exc.message) from None
+            return "unreachable" if exc.kind == "unreachable" else ("remote" if exc.kind == "remote" else "failed")
+        _hook_after_remote_call(row_id, remote_id)
+        complete(db.session.get(InvoiceExport, row_id), remote_id)
+        log.info("invoice %s exported to %s as %s", request.invoice_number, client.name, remote_id)
+        return "done"
+    return "failed"
+
+
+# ------------------------------------------------------------------ people resolve
+def unknown_exports(provider: str) -> list[InvoiceExport]:
+    """Exports whose outcome a person must check, oldest first, with invoice and customer."""
+    from sqlalchemy.orm import joinedload
+
+    from spheremail.models import Customer
+
+    return db.session.execute(
+        db.select(InvoiceExport).filter_by(provider=provider, state=ExportState.UNKNOWN.value)
+        .options(joinedload(InvoiceExport.invoice).joinedload(Invoice.customer).joinedload(Customer.user))
+        .order_by(InvoiceExport.id)
+    ).scalars().all()
+
+
+def failed_exports(provider: str, limit: int = 50) -> list[InvoiceExport]:
+    """Exports refused last time (retried automatically by the next run)."""
+    from sqlalchemy.orm import joinedload
+
+    return db.session.execute(
+        db.select(InvoiceExport).filter_by(provider=provider, state=ExportState.FAILED.value)
+        .options(joinedload(InvoiceExport.invoice))
+        .order_by(InvoiceExport.id).limit(limit)
+    ).scalars().all()
+
+
+def resolve_created(row: InvoiceExport, remote_id: str, *, by=None) -> None:
+    """A person checked: it WAS created as ``remote_id``. Closes the invoice (commits)."""
+    remote_id = (remote_id or "").strip()
+    if row.state != ExportState.UNKNOWN.value:
+        raise ExportError("This export is no longer waiting for a decision.")
+    if not remote_id:
+        raise ExportError("Enter the id of the fee or charge you found.")
+    if len(remote_id) > 120 or any(c.isspace() for c in remote_id):
+        raise ExportError("That id is not valid: up to 120 characters, no spaces.")
+    complete(row, remote_id, by=by)
+
+
+def resolve_not_created(row: InvoiceExport, *, by=None) -> None:
+    """A person checked: it was NOT created. The next run sends it (commits)."""
+    if row.state != ExportState.UNKNOWN.value:
+        raise ExportError("This export is no longer waiting for a decision.")
+    row.state = ExportState.FAILED.value
+    row.last_error = "released for a new attempt by a person who checked it was not created"
+    if by is not None:
+        row.resolved_by_id = by.id
+    db.session.commit()
