@@ -8,7 +8,9 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from sqlalchemy import func, or_, select, text
+from sqlalchemy import String, func, or_, select, text
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import contains_eager
 
@@ -392,6 +394,36 @@ def apply_due_deactivations(today: dt.date) -> list[Customer]:
 STATUS_FILTERS = ("active", "inactive", "all")
 
 
+class unicode_lower(FunctionElement):
+    """lower() that folds every letter, not just ASCII ("Å" → "å").
+
+    PostgreSQL's lower() already does; SQLite's built-in only folds A-Z, so on SQLite
+    this calls a Python function registered on the connection (see ``_sqlite_functions``).
+    """
+
+    type = String()
+    inherit_cache = True
+    name = "unicode_lower"
+
+
+@compiles(unicode_lower)
+def _compile_lower(element, compiler, **kw):
+    return f"lower({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(unicode_lower, "sqlite")
+def _compile_lower_sqlite(element, compiler, **kw):
+    return f"sm_lower({compiler.process(element.clauses, **kw)})"
+
+
+def _sqlite_functions() -> None:
+    """Register ``sm_lower`` on this session's SQLite connection (cheap; idempotent)."""
+    conn = db.session.connection()
+    if conn.dialect.name == "sqlite":
+        conn.connection.driver_connection.create_function(
+            "sm_lower", 1, lambda v: v.lower() if isinstance(v, str) else v, deterministic=True)
+
+
 def _like_escape(word: str) -> str:
     return word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -425,13 +457,14 @@ def search_conditions(q: str | None, status: str | None) -> list:
         conditions.append(_number_condition(number.group(1)))
         return conditions
     # Every word must match one of the fields: "ada love" finds Ada Lovelace.
-    # Emails are stored lower-cased; lower() on both sides works alike on SQLite and PostgreSQL.
+    # Emails are stored lower-cased; names are folded with a Unicode-aware lower() on both
+    # databases, so "ångström" finds "Ångström" on SQLite too.
     for word in q.lower().split()[:5]:
         pattern = f"%{_like_escape(word)}%"
         conditions.append(or_(
-            func.lower(Customer.first_name).like(pattern, escape="\\"),
-            func.lower(Customer.last_name).like(pattern, escape="\\"),
-            func.lower(Customer.company).like(pattern, escape="\\"),
+            unicode_lower(Customer.first_name).like(pattern, escape="\\"),
+            unicode_lower(Customer.last_name).like(pattern, escape="\\"),
+            unicode_lower(Customer.company).like(pattern, escape="\\"),
             User.email.like(pattern, escape="\\"),
         ))
     return conditions
@@ -447,6 +480,7 @@ def search_customers(q: str | None = None, status: str | None = "active", page: 
     Two queries whatever the page size: the rows (users joined in) and the count.
     """
     conditions = search_conditions(q, status)
+    _sqlite_functions()
     total = db.session.execute(
         select(func.count(Customer.id)).join(Customer.user).where(*conditions)
     ).scalar_one()
