@@ -371,7 +371,7 @@ def new_customers(provider):
     per_page = 50
     links = member_sync.new_customers(provider, limit=per_page + 1, offset=(page - 1) * per_page)
     return render("integrations/new_customers.html", "integrations/partials/new_customers_table.html",
-                  spec=spec, links=links[:per_page], page=page, has_next=len(links) > per_page)
+                  spec=spec, links=links[:per_page], page_number=page, has_next=len(links) > per_page)
 
 
 # ------------------------------------------------------------- unknown exports
