@@ -449,7 +449,9 @@ def search_conditions(q: str | None, status: str | None) -> list:
     conditions = []
     if status in ("active", "inactive"):
         conditions.append(Customer.status == status)
-    q = (q or "").strip()[:MAX_QUERY]
+    # Control characters can match nothing (they are refused on save) and PostgreSQL
+    # rejects NUL in a parameter: drop them rather than fail.
+    q = _CONTROL.sub(" ", q or "").strip()[:MAX_QUERY]
     if not q:
         return conditions
     number = _NUMBER_QUERY.match(q)
@@ -461,10 +463,15 @@ def search_conditions(q: str | None, status: str | None) -> list:
     # databases, so "ångström" finds "Ångström" on SQLite too.
     for word in q.lower().split()[:5]:
         pattern = f"%{_like_escape(word)}%"
+        # For an ASCII word the built-in lower() finds the same rows (folding a non-ASCII
+        # letter gives a non-ASCII one) and runs in C: on SQLite the Python sm_lower made a
+        # search over 10,000 customers about 5x slower (bench/pages.py). Only words with
+        # non-ASCII letters need it.
+        fold = func.lower if word.isascii() else unicode_lower
         conditions.append(or_(
-            unicode_lower(Customer.first_name).like(pattern, escape="\\"),
-            unicode_lower(Customer.last_name).like(pattern, escape="\\"),
-            unicode_lower(Customer.company).like(pattern, escape="\\"),
+            fold(Customer.first_name).like(pattern, escape="\\"),
+            fold(Customer.last_name).like(pattern, escape="\\"),
+            fold(Customer.company).like(pattern, escape="\\"),
             User.email.like(pattern, escape="\\"),
         ))
     return conditions
@@ -481,9 +488,14 @@ def search_customers(q: str | None = None, status: str | None = "active", page: 
     """
     conditions = search_conditions(q, status)
     _sqlite_functions()
-    total = db.session.execute(
-        select(func.count(Customer.id)).join(Customer.user).where(*conditions)
-    ).scalar_one()
+    # Every customer has exactly one user, so the count joins users only when a word search
+    # looks at emails: without the join (and with count(*)) SQLite counts from the
+    # (status, mailbox_number) index alone, ~0.4 ms instead of ~3 ms for 10,000 customers.
+    counting = select(func.count()).select_from(Customer)
+    words = (q or "").strip()[:MAX_QUERY]
+    if words and not _NUMBER_QUERY.match(words):
+        counting = counting.join(Customer.user)
+    total = db.session.execute(counting.where(*conditions)).scalar_one()
     page = max(1, int(page or 1))
     offset = (page - 1) * per_page
     if offset >= total:
