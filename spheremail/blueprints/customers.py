@@ -12,7 +12,7 @@ from flask_login import current_user
 from flask_wtf import FlaskForm
 from sqlalchemy.orm import selectinload
 from wtforms import DateField, IntegerField, RadioField, StringField
-from wtforms.validators import InputRequired, Length, NumberRange, Optional
+from wtforms.validators import InputRequired, Length, NumberRange, Optional, ValidationError
 
 from spheremail.extensions import db
 from spheremail.htmx import hx_redirect, render
@@ -23,6 +23,8 @@ from spheremail.services.customers import CustomerError
 
 bp = Blueprint("customers", __name__, url_prefix="/customers")
 
+TOO_LONG = "Too long: at most %(max)d characters."
+
 
 # --- forms --------------------------------------------------------------------------------------
 
@@ -30,13 +32,13 @@ class CustomerForm(FlaskForm):
     """Create or edit a customer (the service validates again: it is the source of truth)."""
 
     first_name = StringField("First name", validators=[InputRequired("Enter the first name."),
-                                                       Length(max=service.MAX_NAME)])
+                                                       Length(max=service.MAX_NAME, message=TOO_LONG)])
     last_name = StringField("Last name", validators=[InputRequired("Enter the last name."),
-                                                     Length(max=service.MAX_NAME)])
+                                                     Length(max=service.MAX_NAME, message=TOO_LONG)])
     email = StringField("Email", validators=[InputRequired("Enter the email address."),
-                                             Length(max=service.MAX_EMAIL)])
-    company = StringField("Company (optional)", validators=[Optional(), Length(max=service.MAX_COMPANY)])
-    phone = StringField("Phone (optional)", validators=[Optional(), Length(max=service.MAX_PHONE)])
+                                             Length(max=service.MAX_EMAIL, message=TOO_LONG)])
+    company = StringField("Company (optional)", validators=[Optional(), Length(max=service.MAX_COMPANY, message=TOO_LONG)])
+    phone = StringField("Phone (optional)", validators=[Optional(), Length(max=service.MAX_PHONE, message=TOO_LONG)])
     mailbox_number = IntegerField(
         "Mailbox number (leave empty for the next free one)",
         validators=[Optional(), NumberRange(1, service.MAX_MAILBOX_NUMBER,
@@ -61,7 +63,7 @@ class DeactivateForm(FlaskForm):
 
     def validate_on_date(self, field):
         if self.mode.data == "date" and field.data is None:
-            raise ValueError("Choose the date the customer becomes inactive.")
+            raise ValidationError("Choose the date the customer becomes inactive.")
 
 
 def attach_error(form: FlaskForm, exc: CustomerError) -> None:

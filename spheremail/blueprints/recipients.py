@@ -11,7 +11,7 @@ from flask_wtf import FlaskForm
 from wtforms import SelectField, StringField
 from wtforms.validators import InputRequired, Length, Optional
 
-from spheremail.blueprints.customers import attach_error, detail_context, get_customer
+from spheremail.blueprints.customers import TOO_LONG, attach_error, detail_context, get_customer
 from spheremail.extensions import db
 from spheremail.htmx import hx_redirect, render, wants_partial
 from spheremail.models import Recipient
@@ -26,10 +26,10 @@ STATUS_CHOICES = [("free", "Free"), ("paid", "Paid"), ("inactive", "Inactive")]
 
 class RecipientForm(FlaskForm):
     first_name = StringField("First name", validators=[InputRequired("Enter the first name."),
-                                                       Length(max=MAX_NAME)])
+                                                       Length(max=MAX_NAME, message=TOO_LONG)])
     last_name = StringField("Last name", validators=[InputRequired("Enter the last name."),
-                                                     Length(max=MAX_NAME)])
-    company = StringField("Company (optional)", validators=[Optional(), Length(max=MAX_COMPANY)])
+                                                     Length(max=MAX_NAME, message=TOO_LONG)])
+    company = StringField("Company (optional)", validators=[Optional(), Length(max=MAX_COMPANY, message=TOO_LONG)])
     status = SelectField("Status", choices=STATUS_CHOICES,
                          validators=[InputRequired("Choose free, paid or inactive.")])
 

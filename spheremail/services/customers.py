@@ -13,6 +13,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import contains_eager
+from sqlalchemy.sql.visitors import iterate
 
 from spheremail.extensions import db
 from spheremail.models import Customer, CustomerStatus, MailboxNumberChange, User
@@ -492,8 +493,8 @@ def search_customers(q: str | None = None, status: str | None = "active", page: 
     # looks at emails: without the join (and with count(*)) SQLite counts from the
     # (status, mailbox_number) index alone, ~0.4 ms instead of ~3 ms for 10,000 customers.
     counting = select(func.count()).select_from(Customer)
-    words = (q or "").strip()[:MAX_QUERY]
-    if words and not _NUMBER_QUERY.match(words):
+    users = User.__table__
+    if any(getattr(part, "table", None) is users for c in conditions for part in iterate(c)):
         counting = counting.join(Customer.user)
     total = db.session.execute(counting.where(*conditions)).scalar_one()
     page = max(1, int(page or 1))
