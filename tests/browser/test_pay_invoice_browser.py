@@ -45,7 +45,9 @@ def test_customer_pays_an_invoice_with_pay_now(page, live_url, operator, make_cu
     invoice_id = _bill_customer(operator, customer)
 
     login(page, customer.email, TEST_PASSWORD)
-    page.goto("/portal/invoices")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Invoices").click()
+    page.wait_for_load_state("networkidle")
+    assert page.get_by_role("heading", level=1).inner_text() == "My invoices"
     assert_accessible(page, "portal invoices")
     row = page.get_by_role("row").filter(has_text="€29.50")
     assert "Pending" in row.inner_text()
@@ -71,6 +73,10 @@ def test_customer_pays_an_invoice_with_pay_now(page, live_url, operator, make_cu
     row = page.get_by_role("row").filter(has_text="€29.50")
     assert "Paid" in row.inner_text()
     assert page.get_by_role("button", name=re.compile("Pay now")).count() == 0
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Billing details").click()
+    page.wait_for_load_state("networkidle")
+    assert page.get_by_role("button", name="Save a card").is_visible()
+    assert_accessible(page, "billing details")
     page.get_by_role("button", name="Log out").click()
     page.wait_for_load_state("networkidle")
 
