@@ -207,3 +207,11 @@ def _helpers():
     from spheremail.money import format_money
 
     return {"format_money": format_money}
+
+
+@bp.app_template_global("payment_problem")
+def _payment_problem(invoice):
+    """For billing's staff templates: the invoice's latest online payment attempt if it needs
+    attention (declined, failed, amount mismatch), else None. Use
+    ``{% include "payments/partials/invoice_problem.html" ignore missing %}`` with ``invoice`` set."""
+    return svc.latest_problem(invoice)

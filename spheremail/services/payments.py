@@ -188,6 +188,16 @@ def latest_problem(invoice: Invoice) -> PaymentAttempt | None:
     return None
 
 
+def problems_by_invoice(invoice_ids: list[int]) -> dict[int, PaymentAttempt]:
+    """For a list page: invoice id -> its latest attempt when that one needs attention (one query)."""
+    if not invoice_ids:
+        return {}
+    latest = (select(func.max(PaymentAttempt.id)).where(PaymentAttempt.invoice_id.in_(invoice_ids))
+              .group_by(PaymentAttempt.invoice_id))
+    rows = db.session.execute(select(PaymentAttempt).where(PaymentAttempt.id.in_(latest))).scalars()
+    return {a.invoice_id: a for a in rows if a.needs_attention}
+
+
 # --- attempts -----------------------------------------------------------------------------
 
 def _idempotency_key(invoice: Invoice, kind: str, attempt: int) -> str:

@@ -165,3 +165,27 @@ def test_staff_switches_automatic_charging(client, auth, make_staff):
     client.post("/payments/settings", data={})
     db.session.expire_all()
     assert autocharge_enabled() is False
+
+
+def test_problem_helpers_for_billing_pages(app, customer, make_invoice):
+    from flask import render_template_string
+
+    from spheremail.models.payments import PaymentAttempt as Attempt
+    from spheremail.services.payments import problems_by_invoice
+
+    bad, fine = make_invoice(customer), make_invoice(customer)
+    db.session.add_all([
+        Attempt(invoice_id=bad.id, kind="off_session", attempt=1, idempotency_key="a1", status="declined",
+                amount_minor=100, currency="EUR", failure_code="expired_card", failure_message="Your card has expired."),
+        Attempt(invoice_id=fine.id, kind="off_session", attempt=1, idempotency_key="b1", status="declined",
+                amount_minor=100, currency="EUR", failure_code="card_declined"),
+        Attempt(invoice_id=fine.id, kind="off_session", attempt=2, idempotency_key="b2", status="succeeded",
+                amount_minor=100, currency="EUR"),
+    ])
+    db.session.commit()
+    assert set(problems_by_invoice([bad.id, fine.id])) == {bad.id}
+    with app.test_request_context("/"):
+        html = render_template_string('{% include "payments/partials/invoice_problem.html" %}', invoice=bad)
+        assert "expired_card: Your card has expired." in html
+        assert render_template_string('{% include "payments/partials/invoice_problem.html" %}',
+                                      invoice=fine).strip() == ""
