@@ -45,6 +45,10 @@ def test_pay_now_checkout_then_webhook_marks_paid_once(customer_client, customer
     back = customer_client.get(f"/portal/invoices/{invoice.id}/payment?session_id={session['id']}")
     assert "being confirmed" in back.get_data(as_text=True)
     assert db.session.get(Invoice, invoice.id).status == "pending"
+    # The page polls itself with htmx; the poll gets only the status partial.
+    poll = customer_client.get(f"/portal/invoices/{invoice.id}/payment?session_id={session['id']}",
+                               headers={"HX-Request": "true"}).get_data(as_text=True)
+    assert 'id="payment-state"' in poll and "<html" not in poll and 'hx-trigger="every 3s"' in poll
 
     gateway.complete_session(session["id"])
     assert gateway.events_sent[-1].status == 200
