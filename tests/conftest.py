@@ -90,10 +90,21 @@ def app(database_url, tmp_path, app_config):
         yield application
         _db.session.remove()
         if database_url:
-            tables = ", ".join(f'"{t.name}"' for t in reversed(_db.metadata.sorted_tables))
-            with _db.engine.begin() as conn:
-                conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+            _empty_postgres(_db.engine)
         _db.engine.dispose()
+
+
+def _empty_postgres(engine) -> None:
+    """Empty every table and restart the id sequences. DELETE on small tables is much
+    faster than TRUNCATE on PostgreSQL (which rewrites files), and this runs after every test."""
+    with engine.begin() as conn:
+        for table in reversed(_db.metadata.sorted_tables):
+            conn.execute(table.delete())
+        sequences = conn.execute(text(
+            "SELECT sequence_schema, sequence_name FROM information_schema.sequences"
+        )).all()
+        for schema, name in sequences:
+            conn.execute(text(f'ALTER SEQUENCE "{schema}"."{name}" RESTART'))
 
 
 @pytest.fixture
