@@ -211,6 +211,8 @@ def test_manual_connect_on_the_customer_page(client, logged_in_operator, provide
     env.add_member("Someone Else", "else@example.com")
     env.connect()
 
+    detail = client.get(f"/customers/{kai.id}")  # the customer page includes the connection box
+    assert detail.status_code == 200 and 'id="customer-connection"' in detail.get_data(as_text=True)
     box = client.get(f"{BASE}/customers/{kai.id}/connection", headers=HX).get_data(as_text=True)
     assert "Not connected" in box and 'hx-trigger="input changed delay:300ms, search"' in box
 
