@@ -7,6 +7,7 @@ browser without JavaScript gets the same form on a full page.
 """
 from __future__ import annotations
 
+import json
 import re
 
 from flask import Blueprint, abort, redirect, request, url_for
@@ -14,7 +15,7 @@ from flask_login import current_user
 
 from spheremail.extensions import db
 from spheremail.htmx import hx_redirect, no_content, render, wants_partial
-from spheremail.integrations.base import Member, ProviderError
+from spheremail.integrations.base import Member, MemoryTokenStore, ProviderError
 from spheremail.integrations.registry import PROVIDERS, build_provider, spec_for
 from spheremail.models import Customer, IntegrationConnection, InvoiceExport, SyncRun
 from spheremail.models.base import utcnow
@@ -126,9 +127,10 @@ def set_enabled(provider):
     enabled = request.form.get("enabled") in ("on", "1", "true", "yes")
     if enabled and not conn.enabled:
         other = IntegrationConnection.active_other_than(provider)
-        if other is not None and other.enabled:
-            return _systems_error(f"Disconnect {spec_for(other.provider).label} first: only one system "
-                                  "can be connected at a time.")
+        if other is not None:
+            # Only one system at a time: switching is a separate, confirmed step.
+            db.session.rollback()
+            return _switch_confirm(spec, other)
         conn.enabled = True
         if conn.is_connected:
             conn.enabled_at = utcnow()
@@ -142,6 +144,45 @@ def set_enabled(provider):
             return _connect_form(spec, conn)
         return redirect(url_for(".connect", provider=provider), code=303)
     return _done()
+
+
+def _switch_confirm(spec, other):
+    """The "Disconnect X and connect Y?" dialog, shown in #modal whatever asked for it."""
+    if not wants_partial():
+        return redirect(url_for(".switch", provider=spec.name), code=303)
+    response = _dialog("integrations/modals/confirm_switch.html", title=f"Connect {spec.label}", spec=spec,
+                       other=other, other_spec=spec_for(other.provider))
+    response.headers["HX-Retarget"] = "#modal"
+    response.headers["HX-Reswap"] = "innerHTML"
+    return response
+
+
+@bp.route("/<provider>/switch", methods=["GET", "POST"])
+@allow(Capability.INTEGRATIONS)
+def switch(provider):
+    """Confirm (GET), then (POST) disconnect the other system, keeping its links as history,
+    switch this one on and open its Connect popup."""
+    spec = _spec_or_404(provider)
+    other = IntegrationConnection.active_other_than(provider)
+    if request.method == "GET":
+        if other is None:
+            return redirect(url_for(".connect", provider=provider), code=303)
+        return _dialog("integrations/modals/confirm_switch.html", title=f"Connect {spec.label}", spec=spec,
+                       other=other, other_spec=spec_for(other.provider))
+    if other is not None:
+        other_spec = spec_for(other.provider)
+        ended = member_sync.disconnect_integration(other)
+        other.enabled = False
+        audit.record("integration_disconnected", f"{other_spec.label} disconnected to connect {spec.label}; "
+                     f"{ended} member link(s) kept as history", subject=other)
+    conn = IntegrationConnection.get_or_create(provider)
+    if not conn.enabled:
+        conn.enabled = True
+        audit.record("integration_toggled", f"{spec.label} enabled", subject=conn)
+    db.session.commit()
+    if wants_partial():
+        return _connect_form(spec, conn)
+    return redirect(url_for(".connect", provider=provider), code=303)
 
 
 def _systems_error(message: str):
@@ -167,7 +208,8 @@ def connect(provider):
         if not f.secret:
             values[f.name] = value[:f.max_length]
         if not value.strip():
-            errors[f.name] = f"Enter the {f.label}."
+            if f.required:
+                errors[f.name] = f"Enter the {f.label}."
         elif len(value) > f.max_length:
             errors[f.name] = f"The {f.label} is at most {f.max_length} characters."
         elif f.pattern and not re.fullmatch(f.pattern, value.strip()):
@@ -186,14 +228,16 @@ def connect(provider):
                        values=_public(spec, values), errors=errors, error=error)
 
     creds = {f.name: values[f.name] for f in spec.fields}
-    client = build_provider(provider, creds)
+    store = MemoryTokenStore()
+    client = build_provider(provider, creds, token_store=store)
     db.session.commit()  # no transaction open during the HTTP calls
     try:
         client.check_credentials()
         locations = client.locations()
     except ProviderError as exc:
         # Nothing is saved: the operator fixes the input and tries again.
-        headline = ERROR_HEADLINES.get(exc.kind, "{label} refused the connection.").format(label=spec.label)
+        headline = (spec.error_headlines.get(exc.kind) or ERROR_HEADLINES.get(exc.kind, "{label} refused the "
+                    "connection.")).format(label=spec.label)
         return _dialog(spec.credentials_template, title=f"Connect {spec.label}", spec=spec,
                        values=_public(spec, values), errors={}, error=headline, error_detail=exc.message,
                        error_kind=exc.kind)
@@ -203,13 +247,13 @@ def connect(provider):
                        error=f"{spec.label} has no {spec.location_label} yet.",
                        error_detail=f"Create a {spec.location_label} in {spec.label} first, then connect.")
     conn = IntegrationConnection.get_or_create(provider)
-    conn.set_credentials(creds)
-    token = getattr(client, "token_store", None) or getattr(client, "_store", None)
-    if token is not None and getattr(token, "token", None):
+    # With a rotating refresh token (Nexudus) the password is not kept: the encrypted
+    # token is all later calls need.
+    conn.set_credentials(spec.stored_credentials(creds, store.token))
+    if store.token:
         from spheremail.crypto import encrypt
-        import json
 
-        conn.token_encrypted = encrypt(json.dumps(token.token))
+        conn.token_encrypted = encrypt(json.dumps(store.token))
     conn.account_label = spec.account_label(creds)[:200]
     conn.set_locations(locations)
     if not conn.is_connected:
@@ -223,6 +267,9 @@ def connect(provider):
 
 def _connect_form(spec, conn):
     """Step 1, empty (non-secret fields prefilled from a previous connection)."""
+    other = IntegrationConnection.active_other_than(spec.name)
+    if other is not None:
+        return _switch_confirm(spec, other)
     if conn is None or not conn.enabled:
         return _dialog("integrations/modals/message.html", title="Connect", spec=spec,
                        message=f"Turn the {spec.label} integration on first.")
@@ -288,7 +335,9 @@ def connect_location(provider):
     conn.state = ConnectionState.CONNECTED.value
     if not was_connected:
         conn.connected_at = now
-        conn.enabled_at = now  # invoices created before this are never exported
+        # Invoices created before this are never exported. Reconnecting after an error
+        # (e.g. an expired sign-in) keeps the window, so nothing made meanwhile is lost.
+        conn.enabled_at = conn.enabled_at or now
     audit.record("integration_connected",
                  f"{spec.label} connected ({conn.account_label}; {spec.location_label} {conn.location_name}; "
                  f"invoice export {'on' if conn.invoice_export else 'off'})", subject=conn)
@@ -310,17 +359,8 @@ def disconnect(provider):
     if request.method == "GET":
         return _dialog("integrations/modals/confirm_disconnect.html", title=f"Disconnect {spec.label}",
                        spec=spec, conn=conn)
-    from spheremail.models import MemberLink
-
-    now = utcnow()
-    links = db.session.execute(db.select(MemberLink).filter_by(provider=provider, active=True)).scalars().all()
-    for link in links:
-        link.deactivate(now)
-    conn.state = ConnectionState.DISCONNECTED.value
-    conn.disconnected_at = now
-    conn.set_credentials(None)
-    conn.enabled_at = None
-    audit.record("integration_disconnected", f"{spec.label} disconnected; {len(links)} member link(s) "
+    ended = member_sync.disconnect_integration(conn)
+    audit.record("integration_disconnected", f"{spec.label} disconnected; {ended} member link(s) "
                  "kept as history", subject=conn)
     db.session.commit()
     return _done()

@@ -29,6 +29,8 @@ class CredentialField:
     pattern: str | None = None  # a regex the value must match (fullmatch)
     hint: str = ""
     input_type: str = "text"
+    required: bool = True  # an optional field may be left empty (e.g. a two-factor code)
+    autocomplete: str = "off"
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,17 @@ class ProviderSpec:
     needs_fee_plan: bool
     build: Callable[..., Provider] = field(repr=False)
     account_label: Callable[[dict], str] = field(default=lambda creds: "", repr=False)
+    # Credential fields forgotten once the token flow succeeded: the stored (encrypted)
+    # refresh token replaces them (Nexudus: the password and the two-factor code).
+    drop_after_token: tuple[str, ...] = ()
+    # Popup headlines per ProviderError kind that differ from the generic ones.
+    error_headlines: dict = field(default_factory=dict, repr=False)
+
+    def stored_credentials(self, creds: dict, token: dict | None) -> dict:
+        """What to keep of ``creds`` (encrypted) after a successful check with ``token``."""
+        if token and token.get("refresh_token") and self.drop_after_token:
+            return {k: v for k, v in creds.items() if k not in self.drop_after_token and v}
+        return {k: v for k, v in creds.items() if v}
 
 
 class ConnectionTokenStore:
@@ -84,6 +97,78 @@ class ConnectionTokenStore:
                          .values(token_encrypted=encrypt(json.dumps(token))))
 
 
+class RefreshLease:
+    """A cross-process lock around one token refresh, on the job lease table.
+
+    A Nexudus refresh token dies when used, so two workers (or hosts) refreshing the same
+    account at once would leave one of them holding a dead token: the whole refresh
+    (re-load the store, call the token URL, save) runs under this lease. It uses its own
+    short transactions on a separate connection, never the caller's unit of work.
+    ``seconds`` bounds how long a dead holder blocks the others.
+    """
+
+    def __init__(self, name: str, *, seconds: int = 60, wait: float = 45, poll: float = 0.05):
+        self.name = name[:80]
+        self.seconds = seconds
+        self.wait = wait
+        self.poll = poll
+        self.owner: str | None = None
+
+    def _try(self, owner: str) -> bool:
+        import datetime as dt
+
+        from sqlalchemy import insert
+        from sqlalchemy.exc import IntegrityError
+
+        from spheremail.models import JobLease
+        from spheremail.models.base import utcnow
+
+        now = utcnow()
+        with db.engine.begin() as conn:
+            taken = conn.execute(
+                update(JobLease).where(JobLease.name == self.name)
+                .where((JobLease.expires_at < now) | (JobLease.owner == owner))
+                .values(owner=owner, expires_at=now + dt.timedelta(seconds=self.seconds))
+            ).rowcount
+        if taken == 1:
+            return True
+        try:
+            with db.engine.begin() as conn:
+                conn.execute(insert(JobLease).values(
+                    name=self.name, owner=owner, expires_at=now + dt.timedelta(seconds=self.seconds)))
+            return True
+        except IntegrityError:
+            return False  # the row exists and someone else holds it
+
+    def __enter__(self):
+        import time
+        import uuid
+
+        from spheremail.integrations.base import ProviderError
+        from spheremail.jobs import PROCESS_ID
+
+        owner = f"{PROCESS_ID}:{uuid.uuid4().hex[:8]}"
+        deadline = time.monotonic() + self.wait
+        while not self._try(owner):
+            if time.monotonic() >= deadline:
+                raise ProviderError("rate_limited", "Another worker is renewing the sign-in right now; "
+                                    "the rest continues on the next run.")
+            time.sleep(self.poll)
+        self.owner = owner
+        return self
+
+    def __exit__(self, *exc):
+        import datetime as dt
+
+        from spheremail.models import JobLease
+
+        with db.engine.begin() as conn:
+            conn.execute(update(JobLease).where(JobLease.name == self.name, JobLease.owner == self.owner)
+                         .values(owner=None, expires_at=dt.datetime(1970, 1, 1)))
+        self.owner = None
+        return False
+
+
 def _client_options() -> dict:
     """Extra client keyword arguments from config (tests shorten waits and timeouts)."""
     return dict(current_app.config.get("INTEGRATIONS_CLIENT_OPTIONS") or {})
@@ -101,12 +186,17 @@ def _build_officernd(creds: dict, *, token_store: TokenStore, fee_plan_id: str |
 
 
 def _build_nexudus(creds: dict, *, token_store: TokenStore, fee_plan_id: str | None = None,
-                   location_id: str | None = None, **options) -> Provider:
+                   location_id: str | None = None, connection_id: int | None = None,
+                   **options) -> Provider:
     from spheremail.integrations.nexudus import NexudusProvider
 
     # The password is only needed for the first token; after that the (encrypted)
-    # refresh token in the store is enough.
-    return NexudusProvider(creds.get("email"), creds.get("password"),
+    # refresh token in the store is enough, and the stored connection has no password.
+    if connection_id is not None:
+        # A stored connection is shared by every process: refreshes are serialised by
+        # a database lease, and the client re-loads the store once it holds it.
+        options.setdefault("refresh_lock", lambda: RefreshLease(f"nexudus-token-refresh:{connection_id}"))
+    return NexudusProvider(creds.get("email"), creds.get("password"), totp=creds.get("totp") or None,
                            api_base=current_app.config["NEXUDUS_API_BASE"],
                            token_store=token_store, business_id=location_id, **options)
 
@@ -118,7 +208,7 @@ PROVIDERS: dict[str, ProviderSpec] = {
             CredentialField("client_id", "Client ID", max_length=200, pattern=r"[^\s]+",
                             hint="From OfficeRnD: Settings → Developer Tools → your application → View."),
             CredentialField("client_secret", "Client Secret", secret=True, max_length=500,
-                            pattern=r"[^\s]+", input_type="password"),
+                            pattern=r"[^\s]+", input_type="password", autocomplete="new-password"),
             CredentialField("slug", "OfficeRnD Slug", max_length=100, pattern=r"[A-Za-z0-9][A-Za-z0-9_-]*",
                             hint="The part of your OfficeRnD Flex address that names your organization."),
         ),
@@ -133,13 +223,25 @@ PROVIDERS: dict[str, ProviderSpec] = {
         fields=(
             CredentialField("email", "Email", max_length=254, pattern=r"[^@\s]+@[^@\s]+", input_type="email",
                             hint="A Nexudus user with API access."),
-            CredentialField("password", "Password", secret=True, max_length=200, input_type="password"),
+            CredentialField("password", "Password", secret=True, max_length=200, input_type="password",
+                            autocomplete="new-password"),
+            CredentialField("totp", "Two-factor code", secret=True, max_length=8, pattern=r"[0-9]{6,8}",
+                            required=False, autocomplete="one-time-code",
+                            hint="Only if this user signs in to Nexudus with two-factor authentication: "
+                                 "the current code from the authenticator app."),
         ),
         credentials_template="integrations/modals/nexudus_credentials.html",
         location_template="integrations/modals/nexudus_location.html",
         location_label="business", fee_label="charge", needs_fee_plan=False,
         build=_build_nexudus,
         account_label=lambda creds: f"user {creds.get('email', '')}",
+        drop_after_token=("password", "totp"),
+        error_headlines={
+            "auth": "Nexudus did not accept this email and password.",
+            "scope": "This Nexudus user has no API access.",
+            "two_factor": "This Nexudus user signs in with two-factor authentication.",
+            "not_found": "Nexudus does not know this account.",
+        },
     ),
 }
 
@@ -166,5 +268,6 @@ def provider_for(connection, **overrides) -> Provider:
     kwargs = {"token_store": ConnectionTokenStore(connection.id), "fee_plan_id": connection.fee_plan_id}
     if connection.provider != "officernd":
         kwargs["location_id"] = connection.location_id
+        kwargs["connection_id"] = connection.id
     options = {**_client_options(), **overrides}
     return spec.build(connection.credentials(), **kwargs, **options)

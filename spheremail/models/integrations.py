@@ -122,10 +122,12 @@ class IntegrationConnection(db.Model):
 
     @classmethod
     def active_other_than(cls, provider: str) -> "IntegrationConnection | None":
-        """Another provider that is connected (only one may be at a time)."""
+        """Another provider that is connected, being connected, or waiting for a reconnect
+        (only one may be at a time: switching disconnects it first)."""
         return db.session.execute(
             db.select(cls).where(cls.provider != provider)
-            .where(cls.state.in_([ConnectionState.CONNECTED.value, ConnectionState.CONNECTING.value]))
+            .where(cls.state.in_([ConnectionState.CONNECTED.value, ConnectionState.CONNECTING.value,
+                                  ConnectionState.ERROR.value]))
             .limit(1)
         ).scalar_one_or_none()
 

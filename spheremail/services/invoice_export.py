@@ -65,6 +65,7 @@ class ExportResult:
     failed: int = 0
     unknown: int = 0
     skipped: int = 0  # held by another run
+    recheck: int = 0  # sent without any answer and not found yet: looked up again next tick
     stopped: str | None = None
     errors: list[str] = field(default_factory=list)
 
@@ -211,6 +212,8 @@ def export_pending(provider_name: str | None = None, *, client=None, owner: str 
                 result.skipped += 1
                 continue
             outcome = _export_one(client, row.id, owner, location_id, sleep)
+            if outcome == "recheck":
+                result.recheck += 1
             if outcome in ("remote", "unreachable"):
                 consecutive += 1
                 if consecutive >= MAX_CONSECUTIVE_ERRORS:
@@ -218,6 +221,11 @@ def export_pending(provider_name: str | None = None, *, client=None, owner: str 
             else:
                 consecutive = 0
             _count(result, outcome)
+        if result.recheck and not result.stopped:
+            # Keep the slot open: the next tick (a minute later) looks these up again
+            # and sends only what is still missing.
+            result.stopped = (f"{result.recheck} export(s) got no answer and were not found yet; "
+                              "looked up again on the next run before any new attempt")
     except ExportStopped as exc:
         result.stopped = str(exc)
     finally:
@@ -235,7 +243,7 @@ def _count(result: ExportResult, outcome: str) -> None:
         result.exported += 1
     elif outcome == "unknown":
         result.unknown += 1
-    elif outcome in ("failed", "remote", "unreachable"):
+    elif outcome in ("failed", "remote", "unreachable", "recheck"):
         result.failed += 1
 
 
@@ -292,7 +300,19 @@ def _export_one(client, row_id: int, owner: str, location_id: str, sleep) -> str
         return "skipped"
     request = _request_for(invoice, link.member_id, location_id)
     row.member_id = link.member_id
+    tried_before = bool(row.attempts)
     db.session.commit()
+    if tried_before and getattr(client, "supports_export_lookup", False):
+        # Sent before (its failure may have been an unknown outcome that a slow server
+        # completed later): look it up by our reference before sending it again.
+        try:
+            remote_id = client.find_export(request.invoice_number)
+        except ProviderError as exc:
+            return _refused(client, row_id, row.provider, exc)
+        if remote_id:
+            complete(db.session.get(InvoiceExport, row_id), remote_id)
+            log.info("invoice %s was already in %s as %s", request.invoice_number, client.name, remote_id)
+            return "done"
     for attempt in range(LOOKUP_RETRIES + 1):
         if not _mark_sending(row_id, owner):
             return "skipped"  # lost the claim (should not happen; never send without it)
@@ -300,6 +320,12 @@ def _export_one(client, row_id: int, owner: str, location_id: str, sleep) -> str
             remote_id = client.export_invoice(request)
         except OutcomeUnknown as exc:
             outcome = _resolve_unknown(client, row_id, request.invoice_number, exc.message)
+            if outcome == "failed" and exc.status is None:
+                # No answer at all (timeout, dropped connection): the other side may still be
+                # working on it, so "not found yet" proves nothing. Do not send again now.
+                _set_state(row_id, ExportState.FAILED, f"{exc.message} Not found yet; looked up again "
+                                                       "before any new attempt.")
+                return "recheck"
             if outcome != "failed" or attempt == LOOKUP_RETRIES:
                 return outcome
             # Looked up and proven absent: back off, then send again under the same claim.
@@ -307,18 +333,27 @@ def _export_one(client, row_id: int, owner: str, location_id: str, sleep) -> str
             sleep(min(30.0, 0.5 * 2 ** attempt) * (0.5 + random.random() / 2))
             continue
         except ProviderError as exc:
-            # Known not created: retryable by the next run.
-            _set_state(row_id, ExportState.FAILED, exc.message)
-            if exc.kind == "rate_limited":
-                raise ExportStopped(exc.message) from None
-            if exc.kind in ("auth", "scope"):
-                raise ExportStopped(exc.message) from None
-            return "unreachable" if exc.kind == "unreachable" else ("remote" if exc.kind == "remote" else "failed")
+            return _refused(client, row_id, row.provider, exc)
         _hook_after_remote_call(row_id, remote_id)
         complete(db.session.get(InvoiceExport, row_id), remote_id)
         log.info("invoice %s exported to %s as %s", request.invoice_number, client.name, remote_id)
         return "done"
     return "failed"
+
+
+def _refused(client, row_id: int, provider: str, exc: ProviderError) -> str:
+    """Known not created (refused, throttled, unreachable): failed, retried by the next run;
+    raises ExportStopped when going on is pointless."""
+    from spheremail.services.member_sync import mark_reconnect_needed
+
+    _set_state(row_id, ExportState.FAILED, exc.message)
+    if exc.kind == "rate_limited":
+        raise ExportStopped(exc.message) from None
+    if exc.kind in ("auth", "scope"):
+        if exc.kind == "auth":
+            mark_reconnect_needed(provider, exc.message)
+        raise ExportStopped(exc.message) from None
+    return "unreachable" if exc.kind == "unreachable" else ("remote" if exc.kind == "remote" else "failed")
 
 
 # ------------------------------------------------------------------ people resolve

@@ -35,7 +35,7 @@ from spheremail.integrations.base import Member, NewMember, OutcomeUnknown, Prov
 from spheremail.models import Customer, IntegrationConnection, MemberLink, SyncRun
 from spheremail.models.base import utcnow
 from spheremail.models.customer import CustomerStatus
-from spheremail.models.integrations import LinkSource
+from spheremail.models.integrations import ConnectionState, LinkSource
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,10 @@ def run_sync(run_id: int, *, provider_client=None) -> SyncRun:
             if member.email:
                 members.setdefault(member.email.strip().lower(), member)
     except ProviderError as exc:
-        return _finish(run, conn, "failed", f"could not read the members: {exc.message}")
+        run = _finish(run, conn, "failed", f"could not read the members: {exc.message}")
+        if exc.kind == "auth":
+            mark_reconnect_needed(conn_provider, exc.message)
+        return run
 
     customer_ids = db.session.execute(
         db.select(Customer.id).filter_by(status=CustomerStatus.ACTIVE.value).order_by(Customer.id)
@@ -246,7 +249,10 @@ def run_sync(run_id: int, *, provider_client=None) -> SyncRun:
                 # No point going on now: the rest is done by the next run.
                 run = db.session.get(SyncRun, run_id)
                 run.done = position - 1
-                return _finish(run, conn, "failed", f"stopped: {exc.message}")
+                run = _finish(run, conn, "failed", f"stopped: {exc.message}")
+                if exc.kind == "auth":
+                    mark_reconnect_needed(conn_provider, exc.message)
+                return run
             outcome = Outcome("failed", exc.message)
         run = db.session.get(SyncRun, run_id)
         setattr(run, outcome.kind, getattr(run, outcome.kind) + 1)
@@ -387,6 +393,35 @@ def disconnect_customer(customer: Customer, provider: str) -> MemberLink | None:
     if current is not None:
         current.deactivate()
     return current
+
+
+def disconnect_integration(conn: IntegrationConnection) -> int:
+    """Disconnect ``conn`` (the caller commits): sync and export stop, secrets and tokens are
+    forgotten, the toggle goes off, and every member link ends but is kept as history.
+    Returns how many links ended."""
+    now = utcnow()
+    links = db.session.execute(
+        db.select(MemberLink).filter_by(provider=conn.provider, active=True)).scalars().all()
+    for link in links:
+        link.deactivate(now)
+    conn.state = ConnectionState.DISCONNECTED.value
+    conn.disconnected_at = now
+    conn.set_credentials(None)
+    conn.enabled_at = None
+    conn.last_error = None
+    return len(links)
+
+
+def mark_reconnect_needed(provider: str, message: str) -> None:
+    """The other system no longer accepts our stored sign-in (revoked secret, dead refresh
+    token): the connection goes to ``error`` so sync and export stop and the Systems page
+    offers Connect again. Links and the export window are kept. Commits."""
+    conn = IntegrationConnection.get(provider)
+    if conn is not None and conn.state == ConnectionState.CONNECTED.value:
+        conn.state = ConnectionState.ERROR.value
+        conn.last_error = message[:2000]
+        db.session.commit()
+        log.warning("%s: reconnect needed: %s", provider, message)
 
 
 def new_customers(provider: str, *, limit: int = 50, offset: int = 0) -> list[MemberLink]:

@@ -58,13 +58,27 @@ class ProviderEnv:
 
     def connect(self, *, invoice_export: bool = True, enabled_at: dt.datetime | None = None):
         """A connected, enabled connection row as the popup would leave it (no sync run)."""
+        import json
+
+        from spheremail.crypto import encrypt
+        from spheremail.integrations.base import MemoryTokenStore
+        from spheremail.integrations.registry import build_provider, spec_for
         from spheremail.models import IntegrationConnection
         from spheremail.models.base import utcnow
 
         conn = IntegrationConnection.get_or_create(self.name)
         conn.enabled = True
         conn.state = "connected"
-        conn.set_credentials(self.credentials)
+        spec = spec_for(self.name)
+        if spec.drop_after_token:
+            # As the popup does: sign in once, keep the (encrypted) token, not the password.
+            store = MemoryTokenStore()
+            _db.session.commit()
+            build_provider(self.name, self.credentials, token_store=store).check_credentials()
+            conn.set_credentials(spec.stored_credentials(self.credentials, store.token))
+            conn.token_encrypted = encrypt(json.dumps(store.token))
+        else:
+            conn.set_credentials(self.credentials)
         conn.location_id, conn.location_name = self.location_id, self.location_name
         conn.invoice_export = invoice_export
         conn.fee_plan_id = self.fee_plan_id
@@ -131,9 +145,87 @@ def _officernd_env(clock: FakeClock):
     return env, standin.stop
 
 
-# The Nexudus engineer adds "nexudus": _nexudus_env here (same ProviderEnv shape).
+NEXUDUS_EMAIL = "ops@space.test"
+NEXUDUS_PASSWORD = "s3cret-Passw0rd"
+CHARGES = "/api/billing/charges"
+
+
+def _nexudus_env(clock: FakeClock):
+    """The Nexudus stand-in on the test's fake clock, with its published limits ON: the
+    client paces itself on the same clock, so a 409 only comes from an injected fault."""
+    from tests.standins.nexudus import NexudusStandin
+
+    standin = NexudusStandin(clock=clock.monotonic)
+    standin.add_user(NEXUDUS_EMAIL, NEXUDUS_PASSWORD)
+    central = standin.add_business("Amsterdam Central", currency="EUR", country_id=1205, time_zone_id=2045)
+    standin.add_business("Rotterdam Port", currency="EUR", country_id=1205, time_zone_id=2045)
+    # "429-long": the next 409s carry a Retry-After far beyond what a run waits (the
+    # stand-in's own header is fixed, so rewrite it here, once per fault).
+    long_409s = {"n": 0}
+
+    @standin.app.after_request
+    def _long_retry_after(response):
+        if response.status_code == 409 and long_409s["n"] > 0:
+            long_409s["n"] -= 1
+            response.headers["Retry-After"] = "3600"
+        return response
+
+    standin.start()
+
+    def add_member(name, email, **extra):
+        record = standin.add_coworker(name, email, business_id=central["Id"], **extra)
+        return {**record, "id": str(record["Id"])}
+
+    def remote_members():
+        with standin.lock:
+            rows = list(standin.coworkers.values())
+        return [{"id": str(c["Id"]), "name": c["FullName"], "email": c["Email"]} for c in rows]
+
+    def remote_exports():
+        with standin.lock:
+            rows = list(standin.charges.values())
+        return [{"id": str(c["Id"]), "reference": c.get("PurchaseOrder"), "name": c.get("Description"),
+                 "member": str(c.get("CoworkerId")), "price": c.get("TotalAmount"),
+                 "quantity": c.get("Quantity"), "business": c.get("BusinessId")} for c in rows]
+
+    def fail_export(kind, n=1):
+        if kind == "429":
+            standin.throttle_next(n, method="POST", path=CHARGES)
+        elif kind == "429-long":
+            long_409s["n"] += n
+            standin.throttle_next(n, method="POST", path=CHARGES)
+        elif kind == "500":
+            standin.fail_next(n, status=503, method="POST", path=CHARGES)
+        elif kind == "timeout":
+            standin.timeout_next(n, method="POST", path=CHARGES, seconds=1.0)
+        elif kind == "commit_drop":
+            standin.lose_answer_next(n, path=CHARGES, mode="drop")
+        elif kind == "commit_500":
+            standin.lose_answer_next(n, path=CHARGES, mode="500")
+        elif kind == "refused":
+            standin.fail_command_next(n, method="POST", path=CHARGES)
+        else:
+            raise ValueError(kind)
+
+    config = {
+        "NEXUDUS_API_BASE": standin.base_url,
+        "INTEGRATIONS_CLIENT_OPTIONS": {"clock": clock.monotonic, "sleep": clock.sleep,
+                                        "wall_clock": clock.time, "timeout": 0.5, "max_wait": 30,
+                                        "backoff": 0.01},
+    }
+    env = ProviderEnv(
+        name="nexudus", standin=standin, config=config,
+        credentials={"email": NEXUDUS_EMAIL, "password": NEXUDUS_PASSWORD},
+        location_id=str(central["Id"]), location_name="Amsterdam Central", fee_plan_id=None, clock=clock,
+        add_member=add_member, remote_members=remote_members, remote_exports=remote_exports,
+        fail_export=fail_export, extras={"business": central},
+    )
+    return env, standin.stop
+
+
 PROVIDER_ENVS: dict[str, Callable[[FakeClock], tuple[ProviderEnv, Callable[[], None]]]] = {
     "officernd": _officernd_env,
+    "nexudus": _nexudus_env,
 }
 
 
@@ -154,9 +246,17 @@ def officernd_env():
 
 
 @pytest.fixture
+def nexudus_env():
+    """The Nexudus stand-in only (Nexudus-specific tests: 409s, tokens, substring emails)."""
+    env, stop = _nexudus_env(FakeClock())
+    yield env
+    stop()
+
+
+@pytest.fixture
 def app_config(request):
     """Point the app's clients at the stand-in of the test's provider environment."""
-    for name in ("provider_env", "officernd_env"):
+    for name in ("provider_env", "officernd_env", "nexudus_env"):
         if name in request.fixturenames:
             return dict(request.getfixturevalue(name).config)
     return {}

@@ -204,11 +204,55 @@ def test_disconnect_forgets_secrets_and_keeps_history(client, logged_in_operator
     assert MemberLink.query.filter_by(customer_id=customer.id).one().unlinked_at is not None
 
 
-def test_only_one_system_connected_at_a_time(client, logged_in_operator, env):
+def test_only_one_system_connected_at_a_time_switching_asks_first(client, logged_in_operator, env,
+                                                                      make_customer):
+    customer = make_customer(email="sam@example.test")
+    env.add_member("Sam", "sam@example.test")
     env.connect()
-    resp = client.post(f"{BASE}/nexudus/enabled", data={"enabled": "on"}, headers=HX)
-    assert "only one system can be connected at a time" in resp.get_data(as_text=True)
-    assert not IntegrationConnection.get("nexudus").enabled
+    from spheremail.services.member_sync import start_sync
+
+    start_sync("officernd", background=False)
+    assert MemberLink.active_for(customer.id, "officernd") is not None
+
+    # The toggle, the Connect button and the Marketplace all ask before switching.
+    resp = client.post(f"{BASE}/nexudus/enabled", data={"enabled": "on", "then": "connect"}, headers=HX)
+    body = resp.get_data(as_text=True)
+    assert resp.status_code == 200 and resp.headers["HX-Retarget"] == "#modal"
+    assert "Disconnect OfficeRnD Flex and connect Nexudus?" in body
+    assert "only one system can be connected at a time" in body and 'data-step="switch"' in body
+    assert IntegrationConnection.get("nexudus") is None  # nothing changed yet
+    assert "Disconnect OfficeRnD Flex and connect Nexudus?" in client.get(
+        f"{BASE}/nexudus/connect", headers=HX).get_data(as_text=True)
+    # Going round the dialog does not work either.
+    refused = client.post(f"{BASE}/nexudus/connect", data={"email": "a@b.test", "password": "x"}, headers=HX)
+    assert "Disconnect it first" in refused.get_data(as_text=True)
+    assert IntegrationConnection.get("officernd").state == "connected"
+
+    resp = client.post(f"{BASE}/nexudus/switch", headers=HX)
+    body = resp.get_data(as_text=True)
+    assert resp.status_code == 200 and 'data-step="credentials"' in body and 'name="email"' in body
+    old = IntegrationConnection.get("officernd")
+    assert old.state == "disconnected" and not old.enabled and old.credentials_encrypted is None
+    assert IntegrationConnection.get("nexudus").enabled
+    assert MemberLink.active_for(customer.id, "officernd") is None
+    history = MemberLink.query.filter_by(customer_id=customer.id, provider="officernd").one()
+    assert history.unlinked_at is not None  # kept as history
+    from spheremail.models import AuditEvent
+
+    assert any("disconnected to connect Nexudus" in e.summary for e in AuditEvent.query.all())
+
+
+def test_switching_without_javascript(client, logged_in_operator, env):
+    env.connect()
+    resp = client.post(f"{BASE}/nexudus/enabled", data={"enabled": "on"})
+    assert resp.status_code == 303 and resp.headers["Location"].endswith("/nexudus/switch")
+    page = client.get(f"{BASE}/nexudus/switch").get_data(as_text=True)
+    assert "<html" in page and "<dialog open" in page and "Disconnect OfficeRnD Flex" in page
+    resp = client.post(f"{BASE}/nexudus/switch")
+    assert resp.status_code == 303 and resp.headers["Location"].endswith("/nexudus/connect")
+    assert IntegrationConnection.get("officernd").state == "disconnected"
+    # Nothing to switch from any more: the switch page leads to the popup.
+    assert client.get(f"{BASE}/nexudus/switch").status_code == 303
 
 
 def test_marketplace_lists_systems_and_opens_the_popup(client, logged_in_operator, env):
