@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from flask import current_app
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from spheremail.extensions import db
@@ -589,8 +589,14 @@ def _bill_batch(customer_ids: list[int], period_key: str, period_end: dt.date, r
         lines_by_customer[p.id] = lines
     if not invoice_rows:
         return [], empty, len(done)
+    # One multi-row INSERT, then one SELECT for the new ids: RETURNING with a guaranteed row
+    # order would fall back to one INSERT per row on SQLite.
+    # Core executemany (one statement): ORM bulk insert would split rows by which values are None.
+    db.session.execute(Invoice.__table__.insert(), invoice_rows)
     inserted = db.session.execute(
-        insert(Invoice).returning(Invoice.id, Invoice.customer_id, sort_by_parameter_order=True), invoice_rows
+        select(Invoice.id, Invoice.customer_id)
+        .where(Invoice.period == period_key, Invoice.customer_id.in_(list(lines_by_customer)))
+        .order_by(Invoice.id)
     ).all()
     line_rows, fee_updates = [], []
     for invoice_id, customer_id in inserted:
@@ -598,9 +604,13 @@ def _bill_batch(customer_ids: list[int], period_key: str, period_end: dt.date, r
             line_rows.append(dict(line, invoice_id=invoice_id, position=position))
             if line["fee_id"] is not None:
                 fee_updates.append({"id": line["fee_id"], "invoice_id": invoice_id})
-    db.session.execute(insert(InvoiceLine), line_rows)
+    db.session.execute(InvoiceLine.__table__.insert(), line_rows)
     if fee_updates:
-        db.session.execute(update(OneOffFee), fee_updates)
+        fees_table = OneOffFee.__table__
+        db.session.execute(
+            fees_table.update().where(fees_table.c.id == bindparam("fee_pk")).values(invoice_id=bindparam("inv_id")),
+            [{"fee_pk": f["id"], "inv_id": f["invoice_id"]} for f in fee_updates],
+        )
     db.session.execute(update(InvoiceSequence).where(InvoiceSequence.key == seq_key).values(last_value=seq))
     return [row[0] for row in inserted], empty, len(done)
 
