@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -36,6 +37,10 @@ class FakeClock:
         with self._lock:
             self.sleeps.append(seconds)
             self.now += max(0.0, seconds)
+        if seconds <= 0.02:
+            # A short poll (waiting for another thread's request still in flight): let real
+            # time pass too, or a thread could spin through its whole wait budget at once.
+            time.sleep(0.001)
 
 
 @dataclass
@@ -153,6 +158,7 @@ CHARGES = "/api/billing/charges"
 def _nexudus_env(clock: FakeClock):
     """The Nexudus stand-in on the test's fake clock, with its published limits ON: the
     client paces itself on the same clock, so a 409 only comes from an injected fault."""
+    from spheremail.integrations.nexudus import RateLimiter
     from tests.standins.nexudus import NexudusStandin
 
     standin = NexudusStandin(clock=clock.monotonic)
@@ -207,11 +213,14 @@ def _nexudus_env(clock: FakeClock):
         else:
             raise ValueError(kind)
 
+    # One limiter for every client of the test, as in production (one per process and
+    # host): with a fake clock each client would otherwise get its own.
+    limiter = RateLimiter(clock=clock.monotonic)
     config = {
         "NEXUDUS_API_BASE": standin.base_url,
         "INTEGRATIONS_CLIENT_OPTIONS": {"clock": clock.monotonic, "sleep": clock.sleep,
                                         "wall_clock": clock.time, "timeout": 0.5, "max_wait": 30,
-                                        "backoff": 0.01},
+                                        "backoff": 0.01, "limiter": limiter},
     }
     env = ProviderEnv(
         name="nexudus", standin=standin, config=config,
