@@ -12,14 +12,18 @@ billing_cli = AppGroup("billing", help="Billing: run the monthly bill run by han
 @click.option("--period", default=None, metavar="YYYY-MM", help="Month to bill (default: the current month).")
 def billing_run(period: str | None) -> None:
     """Create the invoices of PERIOD; running it again creates nothing new."""
+    from spheremail.jobs.billing import BillRunInProgress, run_by_hand
     from spheremail.models.base import today
-    from spheremail.services.billing import BillingError, run_bill_run
+    from spheremail.services.billing import BillingError
 
     period = period or today().strftime("%Y-%m")
     try:
-        result = run_bill_run(period)
+        # The same path as the staff button: under the monthly job's lease, audited.
+        result = run_by_hand(period)
     except BillingError as exc:
         raise click.BadParameter(str(exc), param_hint="--period") from exc
+    except BillRunInProgress as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(result.summary())
 
 

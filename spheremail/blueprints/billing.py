@@ -1,5 +1,6 @@
 """Billing for staff (Operator, Admin): settings, plans, the invoice overview, an invoice's page,
-and the billing panel on a customer's page. Customers keep their billing details here too.
+and the billing panel on a customer's page. Customers edit their billing details in the portal
+(:func:`spheremail.blueprints.payments.portal_billing_details`).
 
 Thin views: validation and rules live in :mod:`spheremail.services.billing`.
 """
@@ -15,8 +16,9 @@ from spheremail.models import Customer
 from spheremail.models.billing import Invoice, InvoiceStatus, OneOffFee, Plan
 from spheremail.money import BILLING_CURRENCIES, format_amount, format_money
 from spheremail.models.base import today
-from spheremail.security import Capability, allow, can, customer_only
+from spheremail.security import Capability, allow, can
 from spheremail.services import billing as svc
+from spheremail.services import payments
 
 bp = Blueprint("billing", __name__, url_prefix="/billing")
 
@@ -33,11 +35,13 @@ def billing_helpers():
         if not can(current_user, Capability.BILLING):
             return None
         settings = svc.get_settings()
+        invoices = svc.invoices_for_customer(customer, include_drafts=True)
         return {
             "settings": settings,
             "plans": svc.plans(),
             "fees": svc.fees_for_customer(customer),
-            "invoices": svc.invoices_for_customer(customer, include_drafts=True),
+            "invoices": invoices,
+            "problems": payments.problems_by_invoice([inv.id for inv in invoices]),
             "errors": errors or {},
             "form": form or {},
             "today": today().isoformat(),
@@ -48,10 +52,7 @@ def billing_helpers():
 
 # --------------------------------------------------------------------------- overview
 
-@bp.route("/")
-@allow(Capability.BILLING)
-def overview():
-    """Invoices per status with filters, totals per month, outstanding amount."""
+def _overview_page(run_errors=None, run_form=None):
     status = request.args.get("status") or None
     if status not in {s.value for s in InvoiceStatus}:
         status = None
@@ -66,8 +67,37 @@ def overview():
     except ValueError:
         page = 1
     data = svc.overview(status=status, month=month, page=page)
+    # One query for the whole page: which listed invoices have a declined/mismatched online payment.
+    problems = payments.problems_by_invoice([inv.id for inv in data.invoices])
     return render("billing/overview.html", "billing/partials/overview_results.html", data=data,
-                  status=status, month=month, months=svc.months_with_invoices())
+                  status=status, month=month, months=svc.months_with_invoices(), problems=problems,
+                  run_errors=run_errors or {}, run_form=run_form or {"period": today().strftime("%Y-%m")})
+
+
+@bp.route("/")
+@allow(Capability.BILLING)
+def overview():
+    """Invoices per status with filters, totals per month, outstanding amount, the bill run button."""
+    return _overview_page()
+
+
+@bp.route("/bill-run", methods=["POST"])
+@allow(Capability.BILLING)
+def bill_run():
+    """Run the bill run for a period now (idempotent; refused while the monthly job runs)."""
+    from spheremail.jobs.billing import BillRunInProgress, run_by_hand
+
+    period = (request.form.get("period") or "").strip()[:20]
+    try:
+        result = run_by_hand(period, actor=_actor())
+    except svc.BillingError as exc:
+        db.session.rollback()
+        return _overview_page(run_errors=exc.errors, run_form={"period": period})
+    except BillRunInProgress as exc:
+        db.session.rollback()
+        return _overview_page(run_errors={"_": str(exc)}, run_form={"period": period})
+    flash(result.message(), "success")
+    return hx_redirect(url_for("billing.overview"))
 
 
 # --------------------------------------------------------------------------- settings
@@ -299,28 +329,3 @@ def fee_delete(fee_id: int):
         return _panel(customer, errors=exc.errors)
     db.session.commit()
     return _panel_done(customer, "Fee removed.")
-
-
-# --------------------------------------------------------------------------- customers' own details
-
-@bp.route("/my-details", methods=["GET", "POST"])
-@customer_only
-def my_details():
-    """A customer's billing details (name, address, VAT number) for their future invoices."""
-    customer = current_user.customer
-    details = svc.billing_details_for(customer)
-    errors: dict = {}
-    form = {"name": details.name, "address": details.address, "vat_number": details.vat_number} if details else {
-        "name": customer.company or customer.full_name, "address": "", "vat_number": ""}
-    if request.method == "POST":
-        form = request.form
-        try:
-            svc.save_billing_details(customer, request.form, actor=_actor())
-        except svc.BillingError as exc:
-            db.session.rollback()
-            errors = exc.errors
-        else:
-            db.session.commit()
-            flash("Billing details saved. They appear on your next invoices.", "success")
-            return redirect(url_for("billing.my_details"), code=303)
-    return render_template("billing/my_details.html", form=form, errors=errors)

@@ -14,15 +14,18 @@ from spheremail.services import payments as svc
 
 bp = Blueprint("payments", __name__)
 
-# Names, addresses and VAT numbers are printed on invoices: refuse markup rather than store it.
-_MARKUP = set("<>")
-
-
 def _customer():
     customer = current_user.customer
     if customer is None:
         abort(403)
     return customer
+
+
+def _audit_actor():
+    """The staff member while they act as the customer, else the customer (the portal's rule)."""
+    from spheremail.blueprints.portal import _actor
+
+    return _actor()
 
 
 def _own_invoice(invoice_id: int) -> Invoice:
@@ -106,23 +109,21 @@ def portal_billing_details():
     customer = _customer()
     details = billing.billing_details_for(customer)
     errors: dict[str, str] = {}
-    values = {"name": details.name if details else "", "address": details.address if details else "",
-              "vat_number": details.vat_number if details else ""}
+    if details is not None:
+        values = {"name": details.name, "address": details.address, "vat_number": details.vat_number}
+    else:  # a sensible first suggestion; nothing is stored until they save
+        values = {"name": customer.company or customer.full_name, "address": "", "vat_number": ""}
     if request.method == "POST":
         values = {k: request.form.get(k, "") for k in values}
-        for name, label in (("name", "The name"), ("address", "The address"), ("vat_number", "The VAT number")):
-            if _MARKUP & set(values[name]):
-                errors[name] = f"{label} cannot contain < or >."
-        if not errors:
-            try:
-                billing.save_billing_details(customer, values)
-            except billing.BillingError as exc:
-                db.session.rollback()
-                errors = exc.errors
-            else:
-                db.session.commit()
-                flash("Your billing details are saved. They will be on your next invoices.", "success")
-                return redirect(url_for("payments.portal_billing_details"), code=303)
+        try:
+            billing.save_billing_details(customer, values, actor=_audit_actor())
+        except billing.BillingError as exc:
+            db.session.rollback()
+            errors = exc.errors
+        else:
+            db.session.commit()
+            flash("Your billing details are saved. They will be on your next invoices.", "success")
+            return redirect(url_for("payments.portal_billing_details"), code=303)
     return render("payments/billing_details.html", values=values, errors=errors,
                   card=svc.gateway_customer(customer), ready=svc.online_payment_ready(),
                   external=svc.is_externally_billed(customer), autocharge=svc.autocharge_enabled(),

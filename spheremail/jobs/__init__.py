@@ -16,8 +16,9 @@ import logging
 import os
 import socket
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
@@ -175,6 +176,27 @@ def run_job(job: Job, slot_key: str, owner: str | None = None) -> str | None:
         db.session.commit()
         return summary
     finally:
+        _release_lease(job.name, owner)
+
+
+@contextmanager
+def held_lease(job: Job, owner: str | None = None) -> Iterator[JobContext | None]:
+    """Hold ``job``'s lease for the same work done by hand (a staff button, a CLI command).
+
+    Yields a :class:`JobContext` (``slot_key`` "by-hand"; call ``renew`` between batches), or
+    None when another process holds the lease, so the caller reports "already in progress"
+    instead of running alongside the scheduled run. The job's slots are not touched: a run
+    by hand does not stand in for the scheduled one.
+    """
+    owner = owner or f"{PROCESS_ID}:{uuid.uuid4().hex[:8]}"
+    _ensure_lease_row(job.name)
+    if not _acquire_lease(job.name, owner, job.lease_seconds):
+        yield None
+        return
+    try:
+        yield JobContext(job=job, slot_key="by-hand", owner=owner)
+    finally:
+        db.session.rollback()  # whatever the work left open must not hold the release back
         _release_lease(job.name, owner)
 
 

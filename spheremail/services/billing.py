@@ -341,13 +341,23 @@ def billing_details_for(customer: Customer) -> BillingDetails | None:
 
 
 _VAT_RE = re.compile(r"^[A-Z]{2}[A-Z0-9+*]{2,13}$")
+_MARKUP = set("<>")
 
 
 def save_billing_details(customer: Customer, form: dict, *, actor=None) -> BillingDetails:
-    """Store the name, address and VAT number the customer wants on future invoices."""
+    """Store the name, address and VAT number the customer wants on future invoices.
+
+    Raises BillingError (nothing stored) for over-long text, markup (< or >) in the name or
+    address, or a VAT number without its country prefix; the VAT number is kept without
+    spaces, dots or dashes, upper case.
+    """
     errors: dict[str, str] = {}
     name = _text(form, "name", "the name for invoices", 200, errors, required=False)
     address = _text(form, "address", "the address", 1000, errors, required=False)
+    # Printed on invoices (and in emails and PDFs later): refuse markup rather than store it.
+    for key, label in (("name", "The name"), ("address", "The address")):
+        if key not in errors and _MARKUP & set(form.get(key) or ""):
+            errors[key] = f"{label} cannot contain < or >."
     vat = re.sub(r"[\s.-]", "", (form.get("vat_number") or "")).upper()
     if vat and not _VAT_RE.match(vat):
         errors["vat_number"] = "Enter the VAT number with its country prefix, e.g. NL123456789B01."
@@ -364,7 +374,7 @@ def save_billing_details(customer: Customer, form: dict, *, actor=None) -> Billi
 
 # --------------------------------------------------------------------------- the bill run
 
-_PERIOD_RE = re.compile(r"^(\d{4})-(\d{2})$")
+_PERIOD_RE = re.compile(r"^([0-9]{4})-([0-9]{2})$")  # ASCII digits only: \d also matches "２"
 
 
 def parse_period(text: str) -> dt.date:
@@ -398,6 +408,23 @@ class BillRunResult:
         if self.emailed or self.email_failed:
             text += f"; {self.emailed} emailed, {self.email_failed} email(s) failed"
         return text
+
+    def message(self) -> str:
+        """The outcome in words for staff, e.g. "12 invoices created for 2026-11"."""
+        if self.created:
+            text = f"{self.created} invoice{'s' if self.created != 1 else ''} created for {self.period}"
+        elif not self.nothing_to_bill:
+            return f"Nothing new: every active customer already has an invoice for {self.period}."
+        else:
+            text = f"Nothing new for {self.period}"
+        extra = []
+        if self.already_billed:
+            extra.append(f"{self.already_billed} customer(s) already had one")
+        if self.nothing_to_bill:
+            extra.append(f"{self.nothing_to_bill} customer(s) have nothing to bill (no plan, paid recipient or fee)")
+        if self.email_failed:
+            extra.append(f"{self.email_failed} email(s) could not be sent")
+        return text + (": " + "; ".join(extra) if extra else "") + "."
 
 
 def _ensure_sequence(key: str) -> None:

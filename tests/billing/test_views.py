@@ -306,36 +306,11 @@ def test_customer_panel_query_count_does_not_grow(client, logged_in_admin, custo
         assert client.get(f"/billing/customers/{customer.id}").status_code == 200
         return len(get_recorded_queries()) - before
 
+    # Start from one invoice: with none the page skips the "online payment problems" query.
+    add_fee(customer, 100, fee_date=dt.date(2026, 1, 5))
+    billing.run_bill_run("2026-02", run_date=dt.date(2026, 2, 1))
     few = queries()
     for _ in range(10):
         add_fee(customer, 100)
     billing.run_bill_run("2026-03", run_date=dt.date(2026, 3, 1))
     assert queries() == few
-
-
-# ---------------------------------------------------------------- customers' billing details
-
-def test_customer_keeps_billing_details_used_on_next_invoice(client, auth, customer, make_plan):
-    auth.login(customer.email)
-    r = client.post("/billing/my-details", data={"name": "Acme BV", "address": "Street 1\nAmsterdam",
-                                                "vat_number": "nl 1234.56789.B01"})
-    assert r.status_code == 303
-    plan = make_plan()
-    customer.plan_id = plan.id
-    db.session.commit()
-    billing.run_bill_run("2026-03", run_date=dt.date(2026, 3, 1))
-    inv = db.session.execute(select(Invoice)).scalar_one()
-    assert (inv.bill_to_name, inv.bill_to_vat) == ("Acme BV", "NL123456789B01")
-
-
-@pytest.mark.parametrize("data, message", [
-    ({"name": "x" * 201}, "at most 200"),
-    ({"name": "A", "address": "y" * 1001}, "at most 1000"),
-    ({"name": "A", "vat_number": "123"}, "country prefix"),
-    ({"name": "A", "vat_number": "<script>"}, "country prefix"),
-])
-def test_billing_details_bad_input(client, auth, customer, data, message):
-    auth.login(customer.email)
-    r = client.post("/billing/my-details", data=data)
-    assert r.status_code == 200 and message in r.get_data(as_text=True)
-    assert billing.billing_details_for(customer) is None

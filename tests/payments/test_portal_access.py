@@ -98,6 +98,10 @@ def test_webhook_garbage_body_with_gateway(client, gateway):
     ({"name": "ACME", "address": "a" * 1001, "vat_number": ""}, "at most 1000 characters"),
     ({"name": "ACME", "address": "Main St 1", "vat_number": "12"}, "country prefix"),
     ({"name": "ACME", "address": "Main St 1", "vat_number": "NL" + "1" * 60}, "country prefix"),
+    # folded in from billing's former /billing/my-details page
+    ({"name": "A", "address": "", "vat_number": "123"}, "country prefix"),
+    ({"name": "A", "address": "", "vat_number": "<script>"}, "country prefix"),
+    ({"name": "A", "address": "<b>Main St</b>", "vat_number": ""}, "The address cannot contain &lt; or &gt;"),
 ])
 def test_billing_details_bad_input_is_explained_and_not_saved(customer_client, customer, form, field_error):
     response = customer_client.post("/portal/billing", data=form)
@@ -116,6 +120,46 @@ def test_billing_details_are_saved(customer_client, customer):
     assert (details.name, details.vat_number) == ("Hopper Consulting", "NL123456789B01")
     page = customer_client.get("/portal/billing").get_data(as_text=True)
     assert "Hopper Consulting" in page and "NL123456789B01" in page
+
+
+def test_billing_details_are_used_on_the_next_invoice_and_audited(customer_client, customer):
+    import datetime as dt
+
+    from spheremail.models import AuditEvent, Plan
+    from spheremail.services import billing
+
+    response = customer_client.post("/portal/billing", data={
+        "name": "Acme BV", "address": "Street 1\nAmsterdam", "vat_number": "nl 1234.56789.B01"})
+    assert response.status_code == 303
+    event = db.session.execute(db.select(AuditEvent).filter_by(action="billing_details_saved")).scalar_one()
+    assert event.actor_id == customer.user_id
+    plan = Plan(name="Standard", monthly_price_minor=2500, is_active=True)
+    db.session.add(plan)
+    db.session.flush()
+    customer.plan_id = plan.id
+    customer.created_at = dt.datetime(2025, 1, 1)
+    db.session.commit()
+    billing.run_bill_run("2026-03", run_date=dt.date(2026, 3, 1))
+    invoice = db.session.execute(db.select(Invoice)).scalar_one()
+    assert (invoice.bill_to_name, invoice.bill_to_address, invoice.bill_to_vat) == \
+        ("Acme BV", "Street 1\nAmsterdam", "NL123456789B01")
+    page = customer_client.get(f"/portal/invoices/{invoice.id}").get_data(as_text=True)
+    assert "Street 1<br>" in page and "Amsterdam<br>" in page and "VAT NL123456789B01" in page
+
+
+def test_billing_details_form_suggests_the_company_until_saved(client, auth, make_customer):
+    customer = make_customer(company="Hopper Labs")
+    auth.login(customer.email)
+    page = client.get("/portal/billing").get_data(as_text=True)
+    assert 'value="Hopper Labs"' in page
+    assert db.session.execute(db.select(BillingDetails)).first() is None  # nothing stored on GET
+
+
+def test_one_billing_details_page(customer_client):
+    """billing's /billing/my-details was folded into the portal page (the nav links there)."""
+    assert customer_client.get("/billing/my-details").status_code == 404
+    nav = customer_client.get("/portal/invoices").get_data(as_text=True)
+    assert 'href="/portal/billing"' in nav
 
 
 def test_invoice_list_query_count_does_not_grow(customer_client, customer, make_invoice, gateway):
