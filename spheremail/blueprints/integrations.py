@@ -385,6 +385,10 @@ def sync(provider):
     if wants_partial():
         response = render("integrations/partials/sync_progress.html", None, run=run, spec=spec)
         response.headers["HX-Trigger"] = "closeModal"
+        if run.is_finished:
+            # A run that already finished does not poll: refresh the page's cards now
+            # (after the swap htmx fires this on <body>, the popup's form being gone).
+            response.headers["HX-Trigger-After-Swap"] = "integrationsChanged"
         return response
     return redirect(url_for(".systems"), code=303)
 
@@ -398,8 +402,13 @@ def sync_progress(run_id):
         abort(404)
     if run.status in ("pending", "running"):
         member_sync.current_run(run.provider)  # marks a run whose worker died as failed
-    return render("integrations/sync_progress_page.html", "integrations/partials/sync_progress.html",
-                  run=run, spec=spec_for(run.provider))
+    response = render("integrations/sync_progress_page.html", "integrations/partials/sync_progress.html",
+                      run=run, spec=spec_for(run.provider))
+    if run.is_finished and wants_partial():
+        # The poll that sees the end: the Systems page reloads its cards, so "Last sync"
+        # and the new customers the run created are shown, not the state from before it.
+        response.headers["HX-Trigger"] = "integrationsChanged"
+    return response
 
 
 @bp.route("/<provider>/new-customers")
