@@ -173,26 +173,26 @@ def plan_edit(plan_id: int):
     return _plan_form(db.get_or_404(Plan, plan_id))
 
 
+def _set_plan_active(plan_id: int, active: bool, done: str):
+    plan = db.get_or_404(Plan, plan_id)
+    svc.set_plan_active(plan, active, actor=_actor())
+    db.session.commit()
+    flash(done.format(name=plan.name), "success")
+    return hx_redirect(url_for("billing.plans"))
+
+
 @bp.route("/plans/<int:plan_id>/retire", methods=["POST"])
 @allow(Capability.BILLING)
 def plan_retire(plan_id: int):
     """Retire a plan: no new customers get it; current ones keep it and are still billed."""
-    plan = db.get_or_404(Plan, plan_id)
-    svc.set_plan_active(plan, False, actor=_actor())
-    db.session.commit()
-    flash(f"Plan {plan.name} retired.", "success")
-    return hx_redirect(url_for("billing.plans"))
+    return _set_plan_active(plan_id, False, "Plan {name} retired.")
 
 
 @bp.route("/plans/<int:plan_id>/reactivate", methods=["POST"])
 @allow(Capability.BILLING)
 def plan_reactivate(plan_id: int):
     """Offer a retired plan again."""
-    plan = db.get_or_404(Plan, plan_id)
-    svc.set_plan_active(plan, True, actor=_actor())
-    db.session.commit()
-    flash(f"Plan {plan.name} is offered again.", "success")
-    return hx_redirect(url_for("billing.plans"))
+    return _set_plan_active(plan_id, True, "Plan {name} is offered again.")
 
 
 # --------------------------------------------------------------------------- invoices
@@ -220,34 +220,34 @@ def invoice(invoice_id: int):
     return _invoice_page(_invoice(invoice_id))
 
 
-@bp.route("/invoices/<int:invoice_id>/void", methods=["POST"])
-@allow(Capability.BILLING)
-def invoice_void(invoice_id: int):
-    """Void a pending (or draft) invoice."""
+def _invoice_action(invoice_id: int, change, done: str):
+    """Apply ``change(invoice)`` (a service call) and commit, then back to the invoice page with
+    ``done`` (formatted with ``number``); on BillingError, roll back and re-render with the errors."""
     inv = _invoice(invoice_id)
     try:
-        svc.void_invoice(inv, request.form.get("reason"), actor=_actor())
+        change(inv)
     except svc.BillingError as exc:
         db.session.rollback()
         return _invoice_page(_invoice(invoice_id), errors=exc.errors, form=request.form)
     db.session.commit()
-    flash(f"Invoice {inv.number} voided.", "success")
+    flash(done.format(number=inv.number), "success")
     return hx_redirect(url_for("billing.invoice", invoice_id=invoice_id))
+
+
+@bp.route("/invoices/<int:invoice_id>/void", methods=["POST"])
+@allow(Capability.BILLING)
+def invoice_void(invoice_id: int):
+    """Void a pending (or draft) invoice."""
+    return _invoice_action(invoice_id, lambda inv: svc.void_invoice(inv, request.form.get("reason"), actor=_actor()),
+                           "Invoice {number} voided.")
 
 
 @bp.route("/invoices/<int:invoice_id>/payment", methods=["POST"])
 @allow(Capability.BILLING)
 def invoice_payment(invoice_id: int):
     """Record an offline payment (bank transfer, cash...) of the whole invoice."""
-    inv = _invoice(invoice_id)
-    try:
-        svc.record_offline_payment(inv, request.form, actor=_actor())
-    except svc.BillingError as exc:
-        db.session.rollback()
-        return _invoice_page(_invoice(invoice_id), errors=exc.errors, form=request.form)
-    db.session.commit()
-    flash(f"Payment recorded: invoice {inv.number} is paid.", "success")
-    return hx_redirect(url_for("billing.invoice", invoice_id=invoice_id))
+    return _invoice_action(invoice_id, lambda inv: svc.record_offline_payment(inv, request.form, actor=_actor()),
+                           "Payment recorded: invoice {number} is paid.")
 
 
 @bp.route("/invoices/<int:invoice_id>/email", methods=["POST"])
@@ -288,18 +288,25 @@ def customer_panel(customer_id: int):
     return _panel(_customer(customer_id))
 
 
+def _panel_action(customer: Customer, change, done: str):
+    """Apply ``change()`` (a service call) and commit, then refresh the panel; on BillingError,
+    roll back and answer the panel with the errors (200)."""
+    try:
+        change()
+    except svc.BillingError as exc:
+        db.session.rollback()
+        return _panel(_customer(customer.id), errors=exc.errors, form=request.form)
+    db.session.commit()
+    return _panel_done(customer, done)
+
+
 @bp.route("/customers/<int:customer_id>/plan", methods=["POST"])
 @allow(Capability.BILLING)
 def customer_plan(customer_id: int):
     """Set the customer's plan (or none)."""
     customer = _customer(customer_id)
-    try:
-        svc.set_customer_plan(customer, request.form.get("plan_id"), actor=_actor())
-    except svc.BillingError as exc:
-        db.session.rollback()
-        return _panel(_customer(customer_id), errors=exc.errors, form=request.form)
-    db.session.commit()
-    return _panel_done(customer, "Plan saved.")
+    return _panel_action(customer, lambda: svc.set_customer_plan(customer, request.form.get("plan_id"),
+                                                                 actor=_actor()), "Plan saved.")
 
 
 @bp.route("/customers/<int:customer_id>/fees", methods=["POST"])
@@ -307,13 +314,7 @@ def customer_plan(customer_id: int):
 def customer_fee(customer_id: int):
     """Add a one-off fee; it lands on the customer's next invoice."""
     customer = _customer(customer_id)
-    try:
-        svc.add_fee(customer, request.form, actor=_actor())
-    except svc.BillingError as exc:
-        db.session.rollback()
-        return _panel(_customer(customer_id), errors=exc.errors, form=request.form)
-    db.session.commit()
-    return _panel_done(customer, "Fee added.")
+    return _panel_action(customer, lambda: svc.add_fee(customer, request.form, actor=_actor()), "Fee added.")
 
 
 @bp.route("/fees/<int:fee_id>/delete", methods=["POST"])
@@ -321,11 +322,4 @@ def customer_fee(customer_id: int):
 def fee_delete(fee_id: int):
     """Remove a fee that is not on an invoice yet."""
     fee = db.get_or_404(OneOffFee, fee_id)
-    customer = _customer(fee.customer_id)
-    try:
-        svc.delete_fee(fee, actor=_actor())
-    except svc.BillingError as exc:
-        db.session.rollback()
-        return _panel(customer, errors=exc.errors)
-    db.session.commit()
-    return _panel_done(customer, "Fee removed.")
+    return _panel_action(_customer(fee.customer_id), lambda: svc.delete_fee(fee, actor=_actor()), "Fee removed.")

@@ -483,6 +483,13 @@ def _attempt_or_new(invoice: Invoice, obj: dict) -> PaymentAttempt:
     return attempt
 
 
+def _flag_for_staff(attempt: PaymentAttempt, invoice: Invoice, code: str, action: str, message: str) -> None:
+    """Money arrived that must not mark the invoice paid: a mismatch staff see and decide on."""
+    attempt.status = AttemptStatus.MISMATCH.value
+    attempt.failure_code, attempt.failure_message = code, message
+    audit.record(action, f"Invoice {invoice.number}: {message}", subject=invoice)
+
+
 def _settle_checkout(obj: dict) -> str:
     """A paid Checkout Session: check it against the invoice, then mark the invoice paid once."""
     invoice = _invoice_for_session(obj)
@@ -496,12 +503,9 @@ def _settle_checkout(obj: dict) -> str:
     attempt.payment_intent_id = reference
     amount, currency = obj.get("amount_total"), (obj.get("currency") or "").upper()
     if amount != invoice.total_minor or currency != invoice.currency.upper():
-        attempt.status = AttemptStatus.MISMATCH.value
-        attempt.failure_code = "amount_mismatch"
-        attempt.failure_message = (f"Stripe reported {amount} {currency} (minor units) but the invoice is "
-                                   f"{invoice.total_minor} {invoice.currency.upper()}; not marked paid.")
-        audit.record("payments.amount_mismatch", f"Invoice {invoice.number}: {attempt.failure_message}",
-                     subject=invoice)
+        _flag_for_staff(attempt, invoice, "amount_mismatch", "payments.amount_mismatch",
+                        f"Stripe reported {amount} {currency} (minor units) but the invoice is "
+                        f"{invoice.total_minor} {invoice.currency.upper()}; not marked paid.")
         return "amount mismatch: flagged for staff"
     already = db.session.execute(
         select(Payment.id).filter_by(invoice_id=invoice.id, reference=reference)
@@ -512,12 +516,9 @@ def _settle_checkout(obj: dict) -> str:
     if not invoice.is_open:
         # Paid another way (offline, another session, a saved card) or voided meanwhile:
         # the money arrived but must not count twice. Staff decide (usually a refund).
-        attempt.status = AttemptStatus.MISMATCH.value
-        attempt.failure_code = "invoice_not_open"
-        attempt.failure_message = (f"A payment of {amount} {currency} (minor units) arrived for an invoice that "
-                                   f"is already {invoice.status_enum.label.lower()}; check and refund if needed.")
-        audit.record("payments.payment_for_closed_invoice", f"Invoice {invoice.number}: {attempt.failure_message}",
-                     subject=invoice)
+        _flag_for_staff(attempt, invoice, "invoice_not_open", "payments.payment_for_closed_invoice",
+                        f"A payment of {amount} {currency} (minor units) arrived for an invoice that "
+                        f"is already {invoice.status_enum.label.lower()}; check and refund if needed.")
         return "invoice not open: flagged for staff"
     _mark_paid(invoice, reference, utcnow())
     attempt.status = AttemptStatus.SUCCEEDED.value
