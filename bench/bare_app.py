@@ -34,6 +34,10 @@ ROWS = app.jinja_env.from_string("""<!doctype html>
 {% endfor %}</tbody></table></main></body></html>""")
 
 
+def _no_fold(column):
+    return column
+
+
 def _conditions(q: str, status: str) -> list:
     """The same WHERE as spheremail.services.customers.search_conditions, written by hand."""
     where = []
@@ -61,10 +65,12 @@ def _conditions(q: str, status: str) -> list:
         return where
     for word in q.lower().split()[:5]:
         pattern = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        # As the real search: SQLite's LIKE already ignores ASCII case, so no lower() there.
+        fold = _no_fold if word.isascii() and engine.dialect.name == "sqlite" else func.lower
         where.append(or_(
-            func.lower(customers.c.first_name).like(pattern, escape="\\"),
-            func.lower(customers.c.last_name).like(pattern, escape="\\"),
-            func.lower(customers.c.company).like(pattern, escape="\\"),
+            fold(customers.c.first_name).like(pattern, escape="\\"),
+            fold(customers.c.last_name).like(pattern, escape="\\"),
+            fold(customers.c.company).like(pattern, escape="\\"),
             users.c.email.like(pattern, escape="\\"),
         ))
     return where

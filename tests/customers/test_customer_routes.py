@@ -36,6 +36,24 @@ def test_full_page_and_htmx_partial(client, logged_in_operator, customer, templa
     assert "Grace Hopper" in html and "<h1>" not in html and "<html" not in html
 
 
+def test_rows_link_to_the_customer_page_and_show_every_column(app, client, logged_in_operator, make_customer):
+    # The row links are built from the list's URL (one url_for per page): they must still
+    # be the detail route's URL, whatever that route becomes.
+    from flask import url_for
+
+    grace = make_customer("Grace", "Hopper", email="grace@navy.test", company="Compiler Works",
+                          mailbox_number=104, deactivate_on=dt.date(2030, 1, 1))
+    make_customer("Ada", "Lovelace", email="ada@engines.test", mailbox_number=105)
+    with app.test_request_context():
+        detail_url = url_for("customers.detail", customer_id=grace.id)
+    for headers in ({}, HX):
+        html = client.get("/customers/?q=hopper", headers=headers).get_data(as_text=True)
+        assert html.count(f'href="{detail_url}"') == 2
+        assert "#104" in html and "Grace Hopper" in html and "Compiler Works" in html
+        assert "grace@navy.test" in html and "until 2030-01-01" in html and "badge-active" in html
+        assert "Lovelace" not in html
+
+
 def test_boosted_and_history_restore_requests_get_the_full_page(client, logged_in_operator, templates):
     client.get("/customers/", headers={**HX, "HX-History-Restore-Request": "true"})
     client.get("/customers/", headers={**HX, "HX-Boosted": "true"})
