@@ -15,7 +15,9 @@ What this module has to get right (see ``docs/vendor-apis.md``, Nexudus section)
   connection failures before anything was sent are retried.
 * Pacing: Nexudus counts every request (1 per 100 ms, 120/min, 5,000/hour) and every
   write (60/min, 5,000/day). :class:`RateLimiter` keeps us under those on our side, so
-  409s are the exception; when one comes anyway we wait its ``Retry-After``.
+  409s are the exception; when one comes anyway we wait its ``Retry-After``. A request
+  is counted where the server counts it: on arrival, estimated from its round trip, so
+  a write does not pay a whole round trip on top of the write interval.
 """
 from __future__ import annotations
 
@@ -66,17 +68,20 @@ NO_API_ACCESS = ("Nexudus refused the call (401): this Nexudus user has no API a
 # --------------------------------------------------------------------------- pacing
 
 class _Slot:
-    """One request counted by the limiter: its time is the *end* of the request.
+    """One request counted by the limiter, at the moment we think the server counted it.
 
-    Using the moment the answer arrived (not when we sent) makes every gap we keep at
-    least as long as the gap the server measures between arrivals, so clock jitter and
-    network delay cannot push us over a limit.
+    The server counts a request when it arrives: some time after we sent it and before
+    its answer reached us. ``at`` is None while the request is in flight; once answered it
+    is the answer's time minus half of the fastest round trip seen (see
+    :meth:`RateLimiter.release`); after a failure (timeout, dropped connection) it is the
+    time of the failure, the latest the server can have counted it.
     """
 
-    __slots__ = ("at",)
+    __slots__ = ("at", "sent")
 
-    def __init__(self):
+    def __init__(self, sent: float):
         self.at: float | None = None  # None while in flight
+        self.sent = sent
 
 
 class _Rule:
@@ -93,8 +98,12 @@ class RateLimiter:
     The per-minute limits are *smoothed* into a minimum gap (120/min → one request per
     0.5 s; 60 writes/min → one write per second) so a long batch never stalls for most of
     a minute waiting for a window to empty. The hour and day limits are sliding windows.
-    :meth:`try_acquire` never sleeps: it returns how long to wait, so the caller decides
-    (and can give up past its ``max_wait``).
+    Gaps are measured between the moments the server counted the requests (their arrival,
+    estimated as explained in :meth:`release`), so the next write may leave one interval
+    after the previous one arrived, not one interval after its answer came back; a
+    request still in flight holds its place (its arrival is not known yet), so writes
+    never overtake one another on the way. :meth:`try_acquire` never sleeps: it returns
+    how long to wait, so the caller decides (and can give up past its ``max_wait``).
 
     ``time_scale`` divides every window (a stand-in running ``scale`` times faster, for
     tests and benchmarks); count limits can also be changed one by one.
@@ -106,7 +115,9 @@ class RateLimiter:
                  clock: Callable[[], float] = time.monotonic):
         self._clock = clock
         self._lock = threading.Lock()
+        self._answered = threading.Condition(self._lock)
         self._paused_until = 0.0
+        self._fastest: float | None = None  # shortest round trip seen, seconds
         minute, hour, day = 60.0 / time_scale, 3600.0 / time_scale, 86400.0 / time_scale
         self._rules = [
             _Rule(1, min_interval / time_scale, False),
@@ -117,10 +128,13 @@ class RateLimiter:
         ]
 
     def try_acquire(self, write: bool) -> tuple[_Slot | None, float]:
-        """``(slot, 0)`` when a request may go now (call :meth:`release` after), else ``(None, wait)``."""
+        """``(slot, 0)`` when a request may go now (call :meth:`release` after), else
+        ``(None, wait)``: sleep ``wait`` seconds, or, when ``wait`` is 0, a request in
+        flight holds the way: :meth:`wait_for_answer`, then try again."""
         with self._lock:
             now = self._clock()
             wait = max(0.0, self._paused_until - now)
+            held = False
             rules = [r for r in self._rules if write or not r.writes_only]
             for rule in rules:
                 slots = rule.slots
@@ -128,22 +142,50 @@ class RateLimiter:
                     slots.popleft()
                 if len(slots) >= rule.count:
                     oldest = slots[0]
-                    # A request still in flight blocks for at least a short while; its end
-                    # time is unknown, so poll briefly rather than guess.
-                    free_at = (oldest.at + rule.window) if oldest.at is not None \
-                        else now + min(rule.window, 0.01)
-                    wait = max(wait, free_at - now)
+                    if oldest.at is None:
+                        held = True  # its arrival time is unknown until it is answered
+                    else:
+                        wait = max(wait, oldest.at + rule.window - now)
             if wait > 0:
                 return None, wait
-            slot = _Slot()
+            if held:
+                return None, 0.0
+            slot = _Slot(now)
             for rule in rules:
                 rule.slots.append(slot)
             return slot, 0.0
 
-    def release(self, slot: _Slot) -> None:
-        """Mark the request of ``slot`` finished (answer received or failed)."""
+    def wait_for_answer(self, write: bool, timeout: float) -> None:
+        """Block (in real time: it is about another thread) until no request in flight
+        holds the way of a ``write`` (or a read), or ``timeout`` seconds."""
+        rules = [r for r in self._rules if write or not r.writes_only]
+        with self._answered:
+            self._answered.wait_for(
+                lambda: not any(len(r.slots) >= r.count and r.slots[0].at is None for r in rules),
+                timeout)
+
+    def release(self, slot: _Slot, *, answered: bool = False) -> None:
+        """The request of ``slot`` is finished: ``answered`` when an HTTP answer came back.
+
+        The server counted it between our send and its answer. With ``F`` the fastest
+        round trip seen, the answer time minus ``F / 2`` is late enough: the next request
+        then reaches the server at least one window after this one as long as this
+        request's way back plus the next one's way out take at least ``F / 2``. On a
+        symmetric path each way takes about ``F / 2`` at the least, so that is a margin of
+        about ``F / 2`` for jitter (pure send-time stamping would have none: a request
+        delayed on its way out would arrive too close to the next one). A slow answer
+        moves the estimate later, never earlier. Without an answer (timeout, dropped
+        connection) the server may have counted it until now, so now it is.
+        """
         with self._lock:
-            slot.at = self._clock()
+            now = self._clock()
+            if answered:
+                trip = max(0.0, now - slot.sent)
+                self._fastest = trip if self._fastest is None else min(self._fastest, trip)
+                slot.at = max(slot.sent, now - self._fastest / 2)
+            else:
+                slot.at = now
+            self._answered.notify_all()
 
     def pause(self, seconds: float) -> None:
         """Hold every request for ``seconds`` (after a 409: the server wants us to slow down)."""
@@ -326,6 +368,7 @@ class NexudusProvider:
         self._token: dict | None = None
         self._grant_lock = threading.Lock()
         self._businesses: dict[str, Location] | None = None
+        self._businesses_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self.stats: collections.Counter = collections.Counter()
         if session is None:
@@ -493,6 +536,11 @@ class NexudusProvider:
             slot, wait = self._limiter.try_acquire(write)
             if slot is not None:
                 break
+            if wait <= 0:
+                # Another thread's request holds the way until its answer tells when the
+                # server counted it; that answer comes within its timeout.
+                self._limiter.wait_for_answer(write, self._timeout)
+                continue
             if waited + wait > self._max_wait:
                 raise ProviderError("rate_limited", "Nexudus' request limit is used up for now; "
                                     f"the rest continues in about {math.ceil(wait)} s.",
@@ -502,9 +550,12 @@ class NexudusProvider:
         self._bump("paced_seconds", waited)
         self._bump("requests")
         try:
-            return self._session.request(method, url, timeout=self._timeout, **kw)
-        finally:
+            response = self._session.request(method, url, timeout=self._timeout, **kw)
+        except BaseException:
             self._limiter.release(slot)
+            raise
+        self._limiter.release(slot, answered=True)
+        return response
 
     def _throttled(self, response: requests.Response, waited: float) -> float:
         """Handle a 409 (not processed): pause everyone for Retry-After, or give up."""
@@ -626,7 +677,10 @@ class NexudusProvider:
         if not wanted:
             raise ProviderError("invalid", "No Nexudus business chosen for this location.")
         if self._businesses is None or wanted not in self._businesses:
-            self.locations()
+            with self._businesses_lock:
+                # Creates sent from several threads read the businesses once, not each.
+                if self._businesses is None or wanted not in self._businesses:
+                    self.locations()
         business = (self._businesses or {}).get(wanted)
         if business is None:
             raise ProviderError("not_found", f"Nexudus has no business with id {wanted}.")

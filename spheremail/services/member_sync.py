@@ -8,11 +8,19 @@ Rules that keep it safe to interrupt and re-run:
 * a manual link is kept; an auto/created link whose member still exists is kept;
 * a customer without a link is linked to the member with their email (ignoring case),
   else a member is created for them;
-* no database transaction is open during an HTTP call: the pending work is committed
-  before each create, and the new link right after it. If the process dies between the
-  create and the commit, the next run re-reads the members, finds the one we created by
-  its email and links it: no duplicate. A create refused because the email exists (400)
-  is resolved the same way, by looking the member up by email;
+* a full run matches customers against that dict locally and sends only the creates,
+  from a small thread pool (``MEMBER_SYNC_WORKERS`` threads, default :data:`WORKERS`),
+  so the provider's shared rate limiter, not the round trip, sets the pace. The worker
+  threads make HTTP calls only; every database write happens in the run's own thread,
+  which adds the links and the progress and commits them :data:`BATCH` links at a time
+  (at least every :data:`HEARTBEAT` seconds). At most ``2 x workers`` creates are queued
+  or in flight, so a rate-limit, sign-in or network error stops the run after a handful;
+* no database transaction is open during an HTTP call of the run's own thread, and no
+  worker thread touches the session. If the process dies before a batch is committed,
+  the members created for it exist without their links: the next run re-reads the
+  members, finds each by its email and links it: no duplicate. A create refused because
+  the email exists (400), or whose answer was lost, is resolved the same way, by looking
+  the member up by email;
 * progress is written to a :class:`SyncRun` the settings page polls.
 
 Background work started from a request runs in a ``threading.Thread`` with its own app
@@ -25,6 +33,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from flask import current_app
@@ -32,14 +42,17 @@ from sqlalchemy.exc import IntegrityError
 
 from spheremail.extensions import db
 from spheremail.integrations.base import Member, NewMember, OutcomeUnknown, ProviderError
-from spheremail.models import Customer, IntegrationConnection, MemberLink, SyncRun
+from spheremail.models import Customer, IntegrationConnection, MemberLink, SyncRun, User
 from spheremail.models.base import utcnow
 from spheremail.models.customer import CustomerStatus
 from spheremail.models.integrations import ConnectionState, LinkSource
 
 log = logging.getLogger(__name__)
 
-BATCH = 20  # links committed together when no HTTP call forces an earlier commit
+BATCH = 20  # links (and the progress) committed together by a full sync
+HEARTBEAT = 1.0  # seconds: a full sync commits its progress at least this often (the page polls)
+WORKERS = 6  # create calls a full sync keeps going at once: covers a round trip at the allowed rate
+FATAL_KINDS = ("rate_limited", "unreachable", "auth", "scope")  # errors that stop a run
 STALE_RUN = dt.timedelta(minutes=10)  # a "running" run without heartbeat for this long died
 
 _threads: list[threading.Thread] = []
@@ -96,14 +109,45 @@ def _member_taken_by(provider: str, member_id: str, customer_id: int) -> MemberL
     ).scalar_one_or_none()
 
 
+def _link_row(customer_id: int, provider: str, member: Member, source: LinkSource,
+              created_at: dt.datetime | None = None, by=None) -> dict:
+    """The column values of a new active link (a full sync inserts them in batches)."""
+    return dict(customer_id=customer_id, provider=provider, member_id=member.id,
+                member_name=(member.name or "")[:200], member_email=(member.email or "")[:254],
+                source=source.value, created_in_remote_at=created_at, active=True,
+                linked_at=utcnow(), linked_by_id=getattr(by, "id", None))
+
+
 def _add_link(customer_id: int, provider: str, member: Member, source: LinkSource,
               created_at: dt.datetime | None = None, by=None) -> MemberLink:
-    link = MemberLink(customer_id=customer_id, provider=provider, member_id=member.id,
-                      member_name=(member.name or "")[:200], member_email=(member.email or "")[:254],
-                      source=source.value, created_in_remote_at=created_at, active=True,
-                      linked_at=utcnow(), linked_by_id=getattr(by, "id", None))
+    link = MemberLink(**_link_row(customer_id, provider, member, source, created_at, by))
     db.session.add(link)
     return link
+
+
+def _create_member(provider, new: NewMember) -> tuple[Member | None, bool, str]:
+    """Create ``new`` over there: ``(member, created, "")``, or ``(None, False, reason)``.
+
+    HTTP calls only, never the database: a full sync runs this in worker threads. An
+    unconfirmed create or a refusal as a duplicate is resolved by looking the member up
+    by email (the email is unique over there). Other refusals raise :class:`ProviderError`.
+    """
+    try:
+        return provider.create_member(new), True, ""
+    except OutcomeUnknown:
+        # It may exist now: look it up.
+        member = provider.find_member_by_email(new.email)
+        if member is None:
+            return None, False, "the system did not confirm creating the member; the next sync checks again"
+        return member, True, ""
+    except ProviderError as exc:
+        if not _looks_like_duplicate(exc):
+            raise
+        # Refused as a duplicate: someone has it (perhaps with different letter case).
+        member = provider.find_member_by_email(new.email)
+        if member is None:
+            return None, False, f"refused: {exc.message}"
+        return member, False, ""
 
 
 @dataclass
@@ -133,23 +177,10 @@ def _connect_one(provider, conn_provider: str, location_id: str, customer: Custo
     if member is None and members is None:
         member = provider.find_member_by_email(email)
     if member is None:
-        try:
-            member = provider.create_member(new)
-            created_at = utcnow()
-        except OutcomeUnknown:
-            # It may exist now: the email is unique over there, so look it up.
-            member = provider.find_member_by_email(email)
-            if member is None:
-                return Outcome("failed", "the system did not confirm creating the member; "
-                                         "the next sync checks again")
-            created_at = utcnow()
-        except ProviderError as exc:
-            if not _looks_like_duplicate(exc):
-                raise
-            # Refused as a duplicate: someone has it (perhaps with different letter case).
-            member = provider.find_member_by_email(email)
-            if member is None:
-                return Outcome("failed", f"refused: {exc.message}")
+        member, created, reason = _create_member(provider, new)
+        if member is None:
+            return Outcome("failed", reason)
+        created_at = utcnow() if created else None
     taken = _member_taken_by(conn_provider, member.id, customer_id)
     if taken is not None:
         return Outcome("failed", f"member {member.email or member.id} is already connected to another customer")
@@ -209,8 +240,14 @@ def latest_run(provider: str) -> SyncRun | None:
     ).scalar_one_or_none()
 
 
-def run_sync(run_id: int, *, provider_client=None) -> SyncRun:
-    """Do auto-connect run ``run_id``: every active customer matched, linked or created."""
+def run_sync(run_id: int, *, provider_client=None, workers: int | None = None) -> SyncRun:
+    """Do auto-connect run ``run_id``: every active customer matched, linked or created.
+
+    The members are read once; customers are matched against them here, and only the
+    creates go over there, ``workers`` at a time (default: the ``MEMBER_SYNC_WORKERS``
+    setting, else :data:`WORKERS`). A rate-limit, sign-in or network error stops the
+    run; the next run does the rest.
+    """
     from spheremail.integrations.registry import provider_for
 
     run = db.session.get(SyncRun, run_id)
@@ -221,6 +258,7 @@ def run_sync(run_id: int, *, provider_client=None) -> SyncRun:
     db.session.commit()
     provider = provider_client or provider_for(conn)
     location_id, conn_provider = conn.location_id, conn.provider
+    workers = max(1, int(workers or current_app.config.get("MEMBER_SYNC_WORKERS") or WORKERS))
     try:
         members: dict[str, Member] = {}
         member_ids: set[str] = set()
@@ -234,34 +272,186 @@ def run_sync(run_id: int, *, provider_client=None) -> SyncRun:
             mark_reconnect_needed(conn_provider, exc.message)
         return run
 
-    customer_ids = db.session.execute(
-        db.select(Customer.id).filter_by(status=CustomerStatus.ACTIVE.value).order_by(Customer.id)
-    ).scalars().all()
-    run.total = len(customer_ids)
+    # Plain rows, not ORM objects: the batches commit often and would expire them.
+    customers = db.session.execute(
+        db.select(Customer.id, User.email, Customer.first_name, Customer.last_name, Customer.phone,
+                  Customer.company)
+        .join(User, User.id == Customer.user_id)
+        .where(Customer.status == CustomerStatus.ACTIVE.value).order_by(Customer.id)
+    ).all()
+    links = {row.customer_id: row for row in db.session.execute(
+        db.select(MemberLink.id, MemberLink.customer_id, MemberLink.member_id, MemberLink.source)
+        .filter_by(provider=conn_provider, active=True)).all()}
+    # The member was deleted over there: forget the link (kept as history), connect again.
+    gone = [link for link in links.values()
+            if link.source != LinkSource.MANUAL.value and link.member_id not in member_ids]
+    for start in range(0, len(gone), 500):
+        db.session.execute(db.update(MemberLink).where(MemberLink.id.in_([g.id for g in gone[start:start + 500]]))
+                           .values(active=False, unlinked_at=utcnow()))
+    for link in gone:
+        del links[link.customer_id]
+    taken = {link.member_id: customer_id for customer_id, link in links.items()}  # member -> customer
+    run.total = len(customers)
     db.session.commit()
-    for position, customer_id in enumerate(customer_ids, 1):
-        customer = db.session.get(Customer, customer_id)
+
+    batch = _SyncBatch(run_id, conn_provider)
+    app = current_app._get_current_object()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="member-sync")
+    in_flight: dict[Future, tuple[int, str]] = {}  # create -> (customer id, name)
+    creating: set[str] = set()  # emails sent for creation in this run
+    stop: list[ProviderError] = []
+
+    def settle(block: bool) -> None:
+        """Take the answers of the creates that finished (all of them once ``block`` waited)."""
+        done, _ = wait(list(in_flight), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        for future in done:
+            customer_id, name = in_flight.pop(future)
+            try:
+                member, created, reason = future.result()
+            except ProviderError as exc:
+                if exc.kind in FATAL_KINDS:
+                    stop.append(exc)  # no point going on now: the next run does the rest
+                else:
+                    batch.fail(customer_id, name, exc.message)
+                continue
+            if member is None:
+                batch.fail(customer_id, name, reason)
+                continue
+            link_member(customer_id, name, member, created)
+
+    def link_member(customer_id: int, name: str, member: Member, created: bool) -> None:
+        owner = taken.get(member.id)
+        if owner is not None and owner != customer_id:
+            batch.fail(customer_id, name,
+                       f"member {member.email or member.id} is already connected to another customer")
+            return
+        taken[member.id] = customer_id
+        batch.link(customer_id, member, created)
+
+    try:
+        for row in customers:
+            if stop:
+                break
+            name = f"{row.first_name} {row.last_name}".strip()
+            if row.id in links:
+                batch.kept()  # a manual link, or an auto/created one whose member still exists
+            else:
+                email = row.email or ""
+                member = members.get(email.lower())
+                if member is not None:
+                    link_member(row.id, name, member, False)
+                elif email.lower() in creating:
+                    batch.fail(row.id, name, "another customer with the same email is being created")
+                else:
+                    while len(in_flight) >= 2 * workers and not stop:
+                        settle(block=True)
+                    if stop:
+                        break
+                    creating.add(email.lower())
+                    new = NewMember(name=name or email, email=email, location_id=location_id,
+                                    phone=row.phone or None, company=row.company or None,
+                                    start_date=utcnow().date())
+                    in_flight[pool.submit(_in_app_context, app, _create_member, provider, new)] = (row.id, name)
+            if in_flight:
+                settle(block=False)
+            if batch.due():
+                batch.flush()
+        while in_flight:
+            # Stopping too: what was already sent is answered and linked, not lost.
+            settle(block=True)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    batch.flush()
+    run = db.session.get(SyncRun, run_id)
+    if stop:
+        exc = stop[0]
+        run = _finish(run, conn, "failed", f"stopped: {exc.message}")
+        if any(e.kind == "auth" for e in stop):
+            mark_reconnect_needed(conn_provider, next(e for e in stop if e.kind == "auth").message)
+        return run
+    return _finish(run, conn, "done", None)
+
+
+def _in_app_context(app, fn, *args):
+    """Run ``fn`` in a worker thread with an app context: the provider's token store may
+    read or save the token through the engine. The session is never used there."""
+    with app.app_context():
+        return fn(*args)
+
+
+class _SyncBatch:
+    """A full sync's outcomes, written by the run's own thread BATCH links at a time.
+
+    The counters are kept here and written as totals, so a batch that has to be
+    replayed link by link (another worker linked one of its customers meanwhile) still
+    leaves the run's numbers right.
+    """
+
+    def __init__(self, run_id: int, provider: str):
+        self.run_id, self.provider = run_id, provider
+        self.links: list[tuple[int, Member, bool]] = []
+        self.errors: list[tuple[int, str, str]] = []
+        self.counts = {"matched": 0, "created": 0, "failed": 0}
+        self.flushed_at = time.monotonic()
+
+    def kept(self) -> None:
+        self.counts["matched"] += 1
+
+    def link(self, customer_id: int, member: Member, created: bool) -> None:
+        self.links.append((customer_id, member, created))
+        self.counts["created" if created else "matched"] += 1
+
+    def fail(self, customer_id: int, name: str, reason: str) -> None:
+        self.errors.append((customer_id, name, reason))
+        self.counts["failed"] += 1
+
+    def due(self) -> bool:
+        return len(self.links) >= BATCH or time.monotonic() - self.flushed_at >= HEARTBEAT
+
+    def _rows(self, links, now: dt.datetime) -> list[dict]:
+        return [_link_row(customer_id, self.provider, member,
+                          LinkSource.CREATED if created else LinkSource.AUTO, now if created else None)
+                for customer_id, member, created in links]
+
+    def flush(self) -> None:
+        """Insert the pending links (one statement) and the progress, and commit."""
+        now = utcnow()
         try:
-            outcome = _connect_one(provider, conn_provider, location_id, customer, members, member_ids)
-        except ProviderError as exc:
+            if self.links:
+                db.session.execute(db.insert(MemberLink), self._rows(self.links, now))
+            self._progress(now)
+            db.session.commit()
+        except IntegrityError:
             db.session.rollback()
-            if exc.kind in ("rate_limited", "unreachable", "auth", "scope"):
-                # No point going on now: the rest is done by the next run.
-                run = db.session.get(SyncRun, run_id)
-                run.done = position - 1
-                run = _finish(run, conn, "failed", f"stopped: {exc.message}")
-                if exc.kind == "auth":
-                    mark_reconnect_needed(conn_provider, exc.message)
-                return run
-            outcome = Outcome("failed", exc.message)
-        run = db.session.get(SyncRun, run_id)
-        setattr(run, outcome.kind, getattr(run, outcome.kind) + 1)
-        if outcome.kind == "failed":
-            run.add_error(customer_id, customer.full_name, outcome.reason)
-        run.done = position
-        run.heartbeat_at = utcnow()
+            self._one_by_one(now)
+        for customer_id, member, created in self.links:
+            log.info("customer %s connected to %s member %s (%s)", customer_id, self.provider, member.id,
+                     "created" if created else "matched")
+        self.links.clear()
+        self.errors.clear()
+        self.flushed_at = time.monotonic()
+
+    def _one_by_one(self, now: dt.datetime) -> None:
+        for (customer_id, member, created), row in zip(self.links, self._rows(self.links, now)):
+            try:
+                db.session.execute(db.insert(MemberLink), [row])
+                db.session.commit()
+            except IntegrityError:
+                db.session.rollback()  # another worker linked this customer meanwhile: fine
+                if created:
+                    self.counts["created"] -= 1
+                    self.counts["matched"] += 1
+        self._progress(now)
         db.session.commit()
-    return _finish(db.session.get(SyncRun, run_id), conn, "done", None)
+
+    def _progress(self, now: dt.datetime) -> None:
+        run = db.session.get(SyncRun, self.run_id)
+        for key, value in self.counts.items():
+            setattr(run, key, value)
+        run.done = sum(self.counts.values())
+        for customer_id, name, reason in self.errors:
+            run.add_error(customer_id, name, reason)
+        run.heartbeat_at = now
 
 
 def _finish(run: SyncRun, conn: IntegrationConnection | None, status: str, message: str | None) -> SyncRun:

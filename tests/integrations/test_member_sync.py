@@ -6,7 +6,7 @@ import pytest
 from flask_sqlalchemy.record_queries import get_recorded_queries
 
 from spheremail.extensions import db
-from spheremail.models import MemberLink, SyncRun
+from spheremail.models import IntegrationConnection, MemberLink, SyncRun
 from spheremail.services import member_sync
 from spheremail.services.member_sync import start_sync, wait_for_background
 
@@ -73,7 +73,7 @@ def test_interrupted_half_way_then_rerun_creates_no_duplicate(app, provider_env,
     env = provider_env
     customers = [make_customer(first_name=f"C{i}", last_name="Crash", email=f"c{i}@example.com") for i in range(5)]
     env.connect()
-    real_add_link = member_sync._add_link
+    real_link_row = member_sync._link_row
     calls = {"n": 0}
 
     def crash_on_third(*args, **kwargs):
@@ -81,14 +81,18 @@ def test_interrupted_half_way_then_rerun_creates_no_duplicate(app, provider_env,
         if calls["n"] == 3:
             # The member was just created over there; we die before linking it here.
             raise KeyboardInterrupt("process killed")
-        return real_add_link(*args, **kwargs)
+        return real_link_row(*args, **kwargs)
 
-    monkeypatch.setattr(member_sync, "_add_link", crash_on_third)
+    monkeypatch.setattr(member_sync, "_link_row", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         start_sync(env.name, background=False)
     db.session.rollback()
-    monkeypatch.setattr(member_sync, "_add_link", real_add_link)
-    assert len(env.remote_members()) == 3  # two linked, one created but not linked
+    monkeypatch.setattr(member_sync, "_link_row", real_link_row)
+    # The creates run in parallel and the links are committed in batches: when the process
+    # died, at least three members existed over there and fewer of them were linked here.
+    created_before = len(env.remote_members())
+    linked_before = MemberLink.query.filter_by(provider=env.name, active=True).count()
+    assert created_before >= 3 and linked_before < created_before
 
     # While the dead run still looks alive, a new request shows it instead of starting a second.
     dead = SyncRun.query.filter_by(kind="all").one()
@@ -103,8 +107,8 @@ def test_interrupted_half_way_then_rerun_creates_no_duplicate(app, provider_env,
     assert sorted(_emails(env)) == sorted(f"c{i}@example.com" for i in range(5))  # no duplicates
     for customer in customers:
         assert MemberLink.active_for(customer.id, env.name) is not None
-    # The one created before the crash is found by email and linked as matched.
-    assert run.created == 2 and run.matched == 3
+    # The ones created before the crash are found by email and linked as matched.
+    assert run.created == 5 - created_before and run.matched == created_before
 
 
 def test_create_refused_as_duplicate_links_the_existing_member(app, officernd_env, make_customer):
@@ -288,3 +292,68 @@ def test_new_customers_list_and_its_query_count(client, logged_in_operator, prov
     assert large == small
     page = client.get(f"{BASE}/systems")
     assert page.status_code == 200
+
+
+def test_creates_are_sent_from_several_threads_at_once(app, officernd_env, make_customer):
+    env = officernd_env
+    customers = [make_customer(first_name=f"W{i}", last_name="Pool", email=f"w{i}@example.com")
+                 for i in range(16)]
+    env.connect()
+    env.standin.set_latency(0.05)  # each create takes a while: one at a time would never overlap
+    env.standin.reset_counters()
+
+    run = start_sync(env.name, background=False)
+
+    assert (run.status, run.created, run.failed, run.done) == ("done", 16, 0, 16)
+    in_flight = env.standin.max_in_flight[("POST", "/members")]
+    assert 2 <= in_flight <= member_sync.WORKERS
+    assert sorted(_emails(env)) == sorted(f"w{i}@example.com" for i in range(16))
+    assert all(MemberLink.active_for(c.id, env.name).source == "created" for c in customers)
+
+
+def test_a_rate_limit_in_one_create_stops_the_pool_and_links_what_was_created(app, officernd_env,
+                                                                             make_customer):
+    env = officernd_env
+    for i in range(40):
+        make_customer(first_name=f"R{i}", last_name="Stop", email=f"r{i}@example.com")
+    env.connect()
+    env.standin.set_latency(0.02)
+    env.standin.reset_counters()
+    # The first create is told to wait an hour: far beyond what a run waits.
+    env.standin.fail_next(1, status=429, method="POST", path="/members", retry_after=3600)
+
+    run = start_sync(env.name, background=False)
+
+    assert run.status == "failed" and run.message.startswith("stopped:")
+    # Only what was already on its way went out, not the other 30-odd creates.
+    assert env.standin.count("POST", "/members") <= 2 * member_sync.WORKERS
+    linked = MemberLink.query.filter_by(provider=env.name, active=True).count()
+    assert linked == len(env.remote_members()) == run.created == run.done
+    assert run.failed == 0
+    assert db.session.get(IntegrationConnection, env.connect().id).state == "connected"
+
+    env.standin.clear_faults()
+    rerun = start_sync(env.name, background=False)
+    assert rerun.status == "done" and rerun.created == 40 - linked and rerun.matched == linked
+    assert sorted(_emails(env)) == sorted(f"r{i}@example.com" for i in range(40))  # no duplicates
+
+
+def test_matching_commits_in_batches_not_per_customer(app, provider_env, make_customer):
+    env = provider_env
+    for i in range(60):
+        make_customer(first_name=f"M{i}", last_name="Batch", email=f"m{i}@example.com")
+        env.add_member(f"M{i} Batch", f"m{i}@example.com")
+    env.connect()
+
+    before = len(get_recorded_queries())
+    first = start_sync(env.name, background=False)
+    first_statements = len(get_recorded_queries()) - before
+    before = len(get_recorded_queries())
+    second = start_sync(env.name, background=False)
+    second_statements = len(get_recorded_queries()) - before
+
+    assert (first.matched, first.created, second.matched, second.created) == (60, 0, 60, 0)
+    # Links and progress go in batches of BATCH: well under one statement per customer.
+    assert first_statements < 60, first_statements
+    # Nothing to change: a fixed number of statements whatever the number of customers.
+    assert second_statements < 20, second_statements

@@ -22,7 +22,6 @@ from spheremail.crypto import decrypt
 from spheremail.extensions import db
 from spheremail.models import IntegrationConnection, Invoice, InvoiceExport, MemberLink, SyncRun
 from spheremail.models.base import utcnow
-from spheremail.services import member_sync
 from spheremail.services.invoice_export import export_pending
 from spheremail.services.member_sync import start_sync, wait_for_background
 from tests.integrations.conftest import CHARGES, NEXUDUS_EMAIL, NEXUDUS_PASSWORD
@@ -217,6 +216,24 @@ def test_substring_email_match_is_not_linked(app, env):
     assert MemberLink.active_for(ann.id, "nexudus").member_id == link.member_id
 
 
+def _after_coworker_created(env, monkeypatch, n, action):
+    """Run ``action`` in the stand-in once it has created its ``n``-th coworker, before it
+    answers: the sync's creates run in worker threads, but a write in flight holds the
+    client's way, so no other create is sent meanwhile. Returns the real answer method."""
+    real = env.standin._answer_created
+    created = {"n": 0}
+
+    def answer(new_id, message):
+        if message.startswith("Coworker"):
+            created["n"] += 1
+            if created["n"] == n:
+                action()
+        return real(new_id, message)
+
+    monkeypatch.setattr(env.standin, "_answer_created", answer)
+    return real
+
+
 def test_access_token_expiring_mid_sync_is_refreshed_once_and_the_new_refresh_token_kept(app, env,
                                                                                          make_customer,
                                                                                          monkeypatch):
@@ -224,16 +241,8 @@ def test_access_token_expiring_mid_sync_is_refreshed_once_and_the_new_refresh_to
                  for i in range(5)]
     conn = env.connect()
     before = _stored_token(conn.id)
-    real_add_link = member_sync._add_link
-    calls = {"n": 0}
-
-    def expire_after_second(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            env.standin.expire_all_tokens()  # every access token dies mid-run
-        return real_add_link(*args, **kwargs)
-
-    monkeypatch.setattr(member_sync, "_add_link", expire_after_second)
+    # Every access token dies mid-run, as the second coworker is created.
+    _after_coworker_created(env, monkeypatch, 2, env.standin.expire_all_tokens)
     env.standin.reset_counters()
     run = start_sync("nexudus", background=False)
 
@@ -252,18 +261,13 @@ def test_a_dead_refresh_token_mid_sync_stops_and_asks_to_reconnect(app, client, 
     for i in range(4):
         make_customer(first_name=f"D{i}", last_name="Dead", email=f"d{i}@example.test")
     env.connect()
-    real_add_link = member_sync._add_link
-    calls = {"n": 0}
 
-    def kill_tokens(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            with env.standin.lock:
-                env.standin.refresh_tokens.clear()  # e.g. revoked, or used by a copy elsewhere
-            env.standin.expire_all_tokens()
-        return real_add_link(*args, **kwargs)
+    def kill_tokens():
+        with env.standin.lock:
+            env.standin.refresh_tokens.clear()  # e.g. revoked, or used by a copy elsewhere
+        env.standin.expire_all_tokens()
 
-    monkeypatch.setattr(member_sync, "_add_link", kill_tokens)
+    real_answer = _after_coworker_created(env, monkeypatch, 2, kill_tokens)
     run = start_sync("nexudus", background=False)
 
     assert run.status == "failed" and run.created == 2 and "reconnect needed" in run.message
@@ -275,7 +279,7 @@ def test_a_dead_refresh_token_mid_sync_stops_and_asks_to_reconnect(app, client, 
 
     # Connecting again (password once more) keeps the export window and finishes the job.
     enabled_at = conn.enabled_at
-    monkeypatch.setattr(member_sync, "_add_link", real_add_link)
+    monkeypatch.setattr(env.standin, "_answer_created", real_answer)
     client.post(f"{BASE}/nexudus/connect", data={"email": NEXUDUS_EMAIL, "password": NEXUDUS_PASSWORD},
                 headers=HX)
     resp = client.post(f"{BASE}/nexudus/connect/location", data={"location_id": env.location_id,

@@ -544,3 +544,34 @@ def test_control_endpoints(standin):
     expired = requests.get(f"{base}/api/sys/businesses",
                            headers={"Authorization": f"Bearer {token['access_token']}"})
     assert expired.status_code == 401
+
+
+def test_limiter_paces_writes_from_their_estimated_arrival_not_their_answer():
+    """The server counts a write when it arrives, between our send and its answer: the next
+    write may leave one interval after that, not one interval after the answer (which would
+    add a whole round trip to every write); a slow answer or a failure moves it later."""
+    from spheremail.integrations.nexudus import RateLimiter
+
+    now = {"t": 0.0}
+    limiter = RateLimiter(clock=lambda: now["t"], writes_per_minute=60, per_minute=60_000,
+                          min_interval=0.001)  # one write a second binds
+    slot, _ = limiter.try_acquire(True)
+    now["t"] = 0.2
+    # Still in flight: its arrival is not known yet, so it holds the way (wait for its answer).
+    assert limiter.try_acquire(True) == (None, 0.0)
+    limiter.release(slot, answered=True)  # the fastest round trip so far: 0.2 s
+    _, wait = limiter.try_acquire(True)
+    assert wait == pytest.approx(0.9)  # counted at ~0.1 s: free at 1.1 s (not 1.2 s)
+
+    now["t"] = 1.1
+    slot, wait = limiter.try_acquire(True)
+    assert slot is not None and wait == 0
+    now["t"] = 2.1  # a slow answer (1 s): it may have arrived as late as 2.0 s
+    limiter.release(slot, answered=True)
+    assert limiter.try_acquire(True)[1] == pytest.approx(0.9)
+
+    now["t"] = 3.0
+    slot, _ = limiter.try_acquire(True)
+    now["t"] = 3.5
+    limiter.release(slot)  # no answer (timeout): it may have been counted until now
+    assert limiter.try_acquire(True)[1] == pytest.approx(1.0)

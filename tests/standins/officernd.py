@@ -222,6 +222,7 @@ class OfficeRnDStandIn:
         self._faults: list[Fault] = []
         self.latency = 0.0
         self._lock = threading.RLock()
+        self._in_flight: Counter = Counter()  # requests being served now, by (method, path)
         self._stopping = threading.Event()
         self._ids = itertools.count(1)
         self._id_prefix = id_prefix or secrets.token_hex(4)
@@ -424,6 +425,8 @@ class OfficeRnDStandIn:
             self.rate_limited_count = 0
             self.rejected_params: list[str] = []
             self.limits_seen: list[str] = []  # raw $limit values clients sent
+            # Most requests of one (method, path) being served at the same time (concurrency).
+            self.max_in_flight: Counter = Counter()
 
     def count(self, method: str, path: str) -> int:
         """Requests seen for ``method`` and relative ``path`` (e.g. ``"GET", "/members"``)."""
@@ -463,6 +466,13 @@ class OfficeRnDStandIn:
         @app.after_request
         def _finish(resp):
             return standin._after(resp)
+
+        @app.teardown_request
+        def _served(_exc):
+            key = g.pop("in_flight_key", None)
+            if key is not None:
+                with standin._lock:
+                    standin._in_flight[key] -= 1
 
         @app.errorhandler(404)
         def _not_found(_e):
@@ -508,6 +518,9 @@ class OfficeRnDStandIn:
             self.request_counts[(method, rel_path)] += 1
             if "$limit" in request.args:
                 self.limits_seen.append(request.args["$limit"])
+            key = g.in_flight_key = (method, rel_path)
+            self._in_flight[key] += 1
+            self.max_in_flight[key] = max(self.max_in_flight[key], self._in_flight[key])
         if self.latency:
             time.sleep(self.latency)
 
