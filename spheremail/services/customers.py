@@ -453,19 +453,27 @@ def _like_escape(word: str) -> str:
     return word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+# The search is written against the tables, not the mapped classes: Core statements skip
+# the ORM's per-statement work (about a fifth of the list page's database time), and the
+# list only needs plain rows (see CustomerRow).
+_CUSTOMERS = Customer.__table__
+_USERS = User.__table__
+_CUSTOMERS_WITH_USERS = _CUSTOMERS.join(_USERS, _CUSTOMERS.c.user_id == _USERS.c.id)
+
+
 def _number_condition(digits: str):
     """Exact number, or any number starting with ``digits`` as index-friendly ranges."""
     value = int(digits)
     if digits.startswith("0") or value == 0:
-        return Customer.mailbox_number == value
+        return _CUSTOMERS.c.mailbox_number == value
     ranges = []
     for extra in range(0, 8 - len(digits)):
         low = value * 10 ** extra
         high = min(low + 10 ** extra - 1, MAX_MAILBOX_NUMBER)
         if low > MAX_MAILBOX_NUMBER:
             break
-        ranges.append(Customer.mailbox_number == low if extra == 0
-                      else Customer.mailbox_number.between(low, high))
+        ranges.append(_CUSTOMERS.c.mailbox_number == low if extra == 0
+                      else _CUSTOMERS.c.mailbox_number.between(low, high))
     return or_(*ranges)
 
 
@@ -473,7 +481,7 @@ def search_conditions(q: str | None, status: str | None) -> list:
     """WHERE conditions for :func:`search_customers` (customers joined with users)."""
     conditions = []
     if status in ("active", "inactive"):
-        conditions.append(Customer.status == status)
+        conditions.append(_CUSTOMERS.c.status == status)
     # Control characters can match nothing (they are refused on save) and PostgreSQL
     # rejects NUL in a parameter: drop them rather than fail.
     q = _CONTROL.sub(" ", q or "").strip()[:MAX_QUERY]
@@ -494,10 +502,10 @@ def search_conditions(q: str | None, status: str | None) -> list:
         # Only words with non-ASCII letters need it.
         fold = ascii_lower if word.isascii() else unicode_lower
         conditions.append(or_(
-            fold(Customer.first_name).like(pattern, escape="\\"),
-            fold(Customer.last_name).like(pattern, escape="\\"),
-            fold(Customer.company).like(pattern, escape="\\"),
-            User.email.like(pattern, escape="\\"),
+            fold(_CUSTOMERS.c.first_name).like(pattern, escape="\\"),
+            fold(_CUSTOMERS.c.last_name).like(pattern, escape="\\"),
+            fold(_CUSTOMERS.c.company).like(pattern, escape="\\"),
+            _USERS.c.email.like(pattern, escape="\\"),
         ))
     return conditions
 
@@ -542,19 +550,19 @@ def search_customers(q: str | None = None, status: str | None = "active", page: 
     # Every customer has exactly one user, so the count joins users only when a word search
     # looks at emails: without the join (and with count(*)) SQLite counts from the
     # (status, mailbox_number) index alone, ~0.4 ms instead of ~3 ms for 10,000 customers.
-    counting = select(func.count()).select_from(Customer)
-    users = User.__table__
-    if any(getattr(part, "table", None) is users for c in conditions for part in iterate(c)):
-        counting = counting.join(Customer.user)
+    counting = select(func.count()).select_from(_CUSTOMERS)
+    if any(getattr(part, "table", None) is _USERS for c in conditions for part in iterate(c)):
+        counting = select(func.count()).select_from(_CUSTOMERS_WITH_USERS)
     total = db.session.execute(counting.where(*conditions)).scalar_one()
     page = max(1, int(page or 1))
     offset = (page - 1) * per_page
     if offset >= total:
         return [], total
+    cols = _CUSTOMERS.c
     rows = db.session.execute(
-        select(Customer.id, Customer.mailbox_number, Customer.first_name, Customer.last_name,
-               Customer.company, Customer.status, Customer.deactivate_on, User.email)
-        .join(Customer.user)
-        .where(*conditions).order_by(Customer.mailbox_number).offset(offset).limit(per_page)
+        select(cols.id, cols.mailbox_number, cols.first_name, cols.last_name, cols.company, cols.status,
+               cols.deactivate_on, _USERS.c.email)
+        .select_from(_CUSTOMERS_WITH_USERS)
+        .where(*conditions).order_by(cols.mailbox_number).offset(offset).limit(per_page)
     )
     return [CustomerRow._make(row) for row in rows], total
