@@ -535,6 +535,25 @@ class CustomerRow(NamedTuple):
         return self.status == CustomerStatus.ACTIVE.value
 
 
+def _count_active_sqlite():
+    """SELECT of the number of active customers, the cheap way on SQLite.
+
+    The plain list shows the active customers, usually nearly all of them, and
+    ``count(*) WHERE status = 'active'`` walks their whole index range (~0.3 ms for
+    10,000). SQLite counts a whole table almost for free, and the customers who are
+    not active are few and found through the status index (two ranges, so any other
+    status value counts as "not active" too): total minus those is exact and ~4x faster.
+    PostgreSQL counts a whole table by reading it, so it keeps the plain WHERE.
+    """
+    cols = _CUSTOMERS.c
+    everyone = select(func.count()).select_from(_CUSTOMERS).scalar_subquery()
+    others = (select(func.count()).select_from(_CUSTOMERS)
+              .where(or_(cols.status < CustomerStatus.ACTIVE.value,
+                         cols.status > CustomerStatus.ACTIVE.value))
+              .scalar_subquery())
+    return select(everyone - others)
+
+
 def search_customers(q: str | None = None, status: str | None = "active", page: int = 1,
                      per_page: int = PER_PAGE) -> tuple[list[CustomerRow], int]:
     """One page of customers matching ``q``, ordered by mailbox number, and the total.
@@ -550,10 +569,12 @@ def search_customers(q: str | None = None, status: str | None = "active", page: 
     # Every customer has exactly one user, so the count joins users only when a word search
     # looks at emails: without the join (and with count(*)) SQLite counts from the
     # (status, mailbox_number) index alone, ~0.4 ms instead of ~3 ms for 10,000 customers.
-    counting = select(func.count()).select_from(_CUSTOMERS)
+    counting = select(func.count()).select_from(_CUSTOMERS).where(*conditions)
     if any(getattr(part, "table", None) is _USERS for c in conditions for part in iterate(c)):
-        counting = select(func.count()).select_from(_CUSTOMERS_WITH_USERS)
-    total = db.session.execute(counting.where(*conditions)).scalar_one()
+        counting = select(func.count()).select_from(_CUSTOMERS_WITH_USERS).where(*conditions)
+    elif status == "active" and len(conditions) == 1 and db.session.get_bind().dialect.name == "sqlite":
+        counting = _count_active_sqlite()
+    total = db.session.execute(counting).scalar_one()
     page = max(1, int(page or 1))
     offset = (page - 1) * per_page
     if offset >= total:
