@@ -100,19 +100,25 @@ def eligible_invoice_ids(conn: IntegrationConnection, limit: int | None = None) 
     return list(db.session.execute(query).scalars())
 
 
-def _claim(invoice_id: int, provider: str, owner: str) -> InvoiceExport | None:
-    """Take the invoice for this run and commit; None if another run holds it."""
+def _claim(invoice_id: int, provider: str, owner: str) -> int | None:
+    """Take the invoice for this run and commit; the outbox row's id, or None if another
+    run holds it."""
     now = utcnow()
     row = db.session.execute(db.select(InvoiceExport).filter_by(invoice_id=invoice_id)).scalar_one_or_none()
     if row is None:
-        db.session.add(InvoiceExport(invoice_id=invoice_id, provider=provider, owner=owner,
-                                     state=ExportState.CLAIMED.value, claimed_at=now))
+        row = InvoiceExport(invoice_id=invoice_id, provider=provider, owner=owner,
+                            state=ExportState.CLAIMED.value, claimed_at=now)
+        db.session.add(row)
         try:
+            db.session.flush()
+            row_id = row.id  # read before the commit expires it (no second SELECT)
             db.session.commit()
         except IntegrityError:
             db.session.rollback()
             return None
+        return row_id
     else:
+        row_id = row.id
         # Conditional update: exactly one run wins a retryable row.
         stale_claim = now - CLAIM_STALE
         result = db.session.execute(
@@ -125,16 +131,18 @@ def _claim(invoice_id: int, provider: str, owner: str) -> InvoiceExport | None:
         db.session.commit()
         if result.rowcount != 1:
             return None
-    return db.session.execute(db.select(InvoiceExport).filter_by(invoice_id=invoice_id)).scalar_one()
+    return row_id
 
 
-def _mark_sending(row_id: int, owner: str) -> bool:
-    """claimed → sending (ours only), committed BEFORE the remote call."""
+def _mark_sending(row_id: int, owner: str, member_id: str | None = None) -> bool:
+    """claimed → sending (ours only, to ``member_id`` when given), committed BEFORE the remote call."""
+    values = dict(state=ExportState.SENDING.value, sending_at=utcnow(), attempts=InvoiceExport.attempts + 1)
+    if member_id is not None:
+        values["member_id"] = member_id
     result = db.session.execute(
         update(InvoiceExport).where(InvoiceExport.id == row_id, InvoiceExport.owner == owner,
                                     InvoiceExport.state == ExportState.CLAIMED.value)
-        .values(state=ExportState.SENDING.value, sending_at=utcnow(),
-                attempts=InvoiceExport.attempts + 1)
+        .values(**values)
     )
     db.session.commit()
     return result.rowcount == 1
@@ -162,6 +170,14 @@ def complete(row: InvoiceExport, remote_id: str, *, by=None) -> None:
     if invoice.status == InvoiceStatus.PENDING.value:
         close_by_export(invoice, row.provider, remote_id, now)
     db.session.commit()
+
+
+def _with_invoice(row_id: int) -> InvoiceExport:
+    """The outbox row with its invoice loaded too (one SELECT for :func:`complete`)."""
+    row, _invoice = db.session.execute(
+        db.select(InvoiceExport, Invoice).join(Invoice, Invoice.id == InvoiceExport.invoice_id)
+        .where(InvoiceExport.id == row_id)).one()
+    return row
 
 
 def _request_for(invoice: Invoice, member_id: str, location_id: str) -> ExportRequest:
@@ -207,11 +223,11 @@ def export_pending(provider_name: str | None = None, *, client=None, owner: str 
         _recover_stale(client, provider, now, result)
         consecutive = 0
         for invoice_id in eligible_invoice_ids(conn, limit):
-            row = _claim(invoice_id, provider, owner)
-            if row is None:
+            row_id = _claim(invoice_id, provider, owner)
+            if row_id is None:
                 result.skipped += 1
                 continue
-            outcome = _export_one(client, row.id, owner, location_id, sleep)
+            outcome = _export_one(client, row_id, owner, location_id, sleep)
             if outcome == "recheck":
                 result.recheck += 1
             if outcome in ("remote", "unreachable"):
@@ -277,7 +293,7 @@ def _resolve_unknown(client, row_id: int, number: str, why: str) -> str:
             _set_state(row_id, ExportState.UNKNOWN, f"{why}; the lookup failed too: {exc.message}")
             return "unknown"
         if remote_id:
-            complete(db.session.get(InvoiceExport, row_id), remote_id)
+            complete(_with_invoice(row_id), remote_id)
             return "done"
         # Proven absent: safe to send again on the next run.
         _set_state(row_id, ExportState.FAILED, f"{why}; not found over there, will be sent again")
@@ -290,17 +306,25 @@ def _resolve_unknown(client, row_id: int, number: str, why: str) -> str:
 def _export_one(client, row_id: int, owner: str, location_id: str, sleep) -> str:
     """Send one claimed invoice. Returns done|failed|unknown|remote|unreachable; raises
     ExportStopped when the run must stop."""
-    row = db.session.get(InvoiceExport, row_id)
-    invoice = db.session.get(Invoice, row.invoice_id)
-    link = MemberLink.active_for(invoice.customer_id, row.provider)
+    # The row, its invoice and the customer's active link (unique) in one SELECT.
+    row, invoice, link = db.session.execute(
+        db.select(InvoiceExport, Invoice, MemberLink)
+        .join(Invoice, Invoice.id == InvoiceExport.invoice_id)
+        .outerjoin(MemberLink, (MemberLink.customer_id == Invoice.customer_id)
+                   & (MemberLink.provider == InvoiceExport.provider) & MemberLink.active.is_(True))
+        .where(InvoiceExport.id == row_id)).one()
     if invoice.status != InvoiceStatus.PENDING.value or link is None:
         # Paid, voided or disconnected since it was listed: release it.
         db.session.delete(row)
         db.session.commit()
         return "skipped"
-    request = _request_for(invoice, link.member_id, location_id)
-    row.member_id = link.member_id
+    member_id = link.member_id
+    request = _request_for(invoice, member_id, location_id)
     tried_before = bool(row.attempts)
+    if tried_before:
+        row.member_id = member_id  # a lookup below may complete it without sending
+    # End the read before any HTTP call. The member is recorded with "sending" (one
+    # UPDATE and one commit per attempt, not two).
     db.session.commit()
     if tried_before and getattr(client, "supports_export_lookup", False):
         # Sent before (its failure may have been an unknown outcome that a slow server
@@ -310,11 +334,11 @@ def _export_one(client, row_id: int, owner: str, location_id: str, sleep) -> str
         except ProviderError as exc:
             return _refused(client, row_id, row.provider, exc)
         if remote_id:
-            complete(db.session.get(InvoiceExport, row_id), remote_id)
+            complete(_with_invoice(row_id), remote_id)
             log.info("invoice %s was already in %s as %s", request.invoice_number, client.name, remote_id)
             return "done"
     for attempt in range(LOOKUP_RETRIES + 1):
-        if not _mark_sending(row_id, owner):
+        if not _mark_sending(row_id, owner, member_id):
             return "skipped"  # lost the claim (should not happen; never send without it)
         try:
             remote_id = client.export_invoice(request)
@@ -335,7 +359,7 @@ def _export_one(client, row_id: int, owner: str, location_id: str, sleep) -> str
         except ProviderError as exc:
             return _refused(client, row_id, row.provider, exc)
         _hook_after_remote_call(row_id, remote_id)
-        complete(db.session.get(InvoiceExport, row_id), remote_id)
+        complete(_with_invoice(row_id), remote_id)
         log.info("invoice %s exported to %s as %s", request.invoice_number, client.name, remote_id)
         return "done"
     return "failed"

@@ -430,3 +430,22 @@ def test_systems_page_query_count_does_not_grow_with_rows(app, client, logged_in
     small = page_queries()
     add_unknown(8)
     assert page_queries() == small
+
+
+def test_each_export_costs_a_fixed_few_statements(app, connected):
+    """Claim (commit), mark sending (commit), then close and store in one transaction: the
+    row, its invoice and the member link are read together, nothing is read twice."""
+    from flask_sqlalchemy.record_queries import get_recorded_queries
+
+    env, (a, b) = connected
+
+    def statements(n):
+        for i in range(n):
+            make_invoice(a if i % 2 else b)
+        db.session.commit()
+        before = len(get_recorded_queries())
+        assert export_pending(env.name).exported == n
+        return len(get_recorded_queries()) - before
+
+    small, large = statements(2), statements(6)
+    assert (large - small) / 4 <= 9, (small, large)
