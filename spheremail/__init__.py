@@ -137,6 +137,24 @@ def register_template_helpers(app: Flask) -> None:
         ("staff.audit_log", "Audit log", Capability.VIEW_AUDIT),
     ]
 
+    # The staff links depend only on the role and on where the app is mounted, so they are
+    # built (six can() checks and url_for calls) once per role, not on every page.
+    nav_links: dict[tuple, list[tuple[str, str, str]]] = {}
+
+    def staff_links() -> list[tuple[str, str, str]]:
+        """(url, label, blueprint) of the staff nav links the current user may see."""
+        from flask import url_for
+        from flask_login import current_user
+
+        key = (getattr(current_user, "role", None), request.script_root)
+        links = nav_links.get(key)
+        if links is None:
+            links = [(url_for(endpoint), label, endpoint.split(".")[0])
+                     for endpoint, label, capability in staff_nav
+                     if can(current_user, capability) and endpoint in app.view_functions]
+            nav_links[key] = links
+        return links
+
     @app.context_processor
     def inject():
         return {
@@ -144,6 +162,7 @@ def register_template_helpers(app: Flask) -> None:
             "Capability": Capability,
             "acting_as_customer": acting_as_customer,
             "staff_nav": staff_nav,
+            "staff_links": staff_links,
             "url_endpoints": app.view_functions,
         }
 

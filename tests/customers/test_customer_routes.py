@@ -402,3 +402,28 @@ def test_csrf_is_required(client, make_staff, customer, db):
     response = client.post(f"/customers/{customer.id}/number", data={"new_number": "555"},
                            headers={"X-CSRFToken": token, **HX})
     assert response.status_code == 204
+
+
+def test_staff_nav_follows_the_role_and_marks_the_section(client, auth, make_staff):
+    # The nav links are built once per role and reused: a second role must get its own.
+    import re
+
+    def nav(url):
+        html = client.get(url).get_data(as_text=True)
+        main_nav = html[html.index('aria-label="Main"'):html.index("</nav>")]
+        links = re.findall(r'<a href="([^"]+)"[^>]*>([^<]+)</a>', main_nav)
+        current = re.findall(r'<a href="[^"]+" aria-current="page">([^<]+)</a>', main_nav)
+        return [label for _, label in links], current
+
+    auth.login(make_staff("operator").email)
+    labels, current = nav("/customers/")
+    assert {"Customers", "Billing", "Audit log"} <= set(labels) and current == ["Customers"]
+    auth.logout()
+    auth.login(make_staff("mail_admin").email)
+    for _ in range(2):
+        labels, current = nav("/customers/")
+        assert "Customers" in labels and current == ["Customers"]
+        assert "Billing" not in labels and "Audit log" not in labels
+    auth.logout()
+    auth.login(make_staff("operator").email)
+    assert "Audit log" in nav("/customers/")[0]
