@@ -379,6 +379,11 @@ def _in_app_context(app, fn, *args):
         return fn(*args)
 
 
+# One INSERT per batch: without render_nulls the ORM would split a batch wherever matched
+# links (no created_in_remote_at) and created ones alternate.
+_INSERT_LINKS = db.insert(MemberLink).execution_options(render_nulls=True)
+
+
 class _SyncBatch:
     """A full sync's outcomes, written by the run's own thread BATCH links at a time.
 
@@ -418,7 +423,7 @@ class _SyncBatch:
         now = utcnow()
         try:
             if self.links:
-                db.session.execute(db.insert(MemberLink), self._rows(self.links, now))
+                db.session.execute(_INSERT_LINKS, self._rows(self.links, now))
             self._progress(now)
             db.session.commit()
         except IntegrityError:
@@ -434,7 +439,7 @@ class _SyncBatch:
     def _one_by_one(self, now: dt.datetime) -> None:
         for (customer_id, member, created), row in zip(self.links, self._rows(self.links, now)):
             try:
-                db.session.execute(db.insert(MemberLink), [row])
+                db.session.execute(_INSERT_LINKS, [row])
                 db.session.commit()
             except IntegrityError:
                 db.session.rollback()  # another worker linked this customer meanwhile: fine

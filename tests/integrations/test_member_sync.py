@@ -354,6 +354,6 @@ def test_matching_commits_in_batches_not_per_customer(app, provider_env, make_cu
 
     assert (first.matched, first.created, second.matched, second.created) == (60, 0, 60, 0)
     # Links and progress go in batches of BATCH: well under one statement per customer.
-    assert first_statements < 60, first_statements
+    assert first_statements < 40, first_statements
     # Nothing to change: a fixed number of statements whatever the number of customers.
     assert second_statements < 20, second_statements
