@@ -283,8 +283,10 @@ def run_sync(run_id: int, *, provider_client=None, workers: int | None = None) -
         db.select(MemberLink.id, MemberLink.customer_id, MemberLink.member_id, MemberLink.source)
         .filter_by(provider=conn_provider, active=True)).all()}
     # The member was deleted over there: forget the link (kept as history), connect again.
+    active_ids = {row.id for row in customers}
     gone = [link for link in links.values()
-            if link.source != LinkSource.MANUAL.value and link.member_id not in member_ids]
+            if link.customer_id in active_ids and link.source != LinkSource.MANUAL.value
+            and link.member_id not in member_ids]
     for start in range(0, len(gone), 500):
         db.session.execute(db.update(MemberLink).where(MemberLink.id.in_([g.id for g in gone[start:start + 500]]))
                            .values(active=False, unlinked_at=utcnow()))

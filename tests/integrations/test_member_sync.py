@@ -357,3 +357,21 @@ def test_matching_commits_in_batches_not_per_customer(app, provider_env, make_cu
     assert first_statements < 40, first_statements
     # Nothing to change: a fixed number of statements whatever the number of customers.
     assert second_statements < 20, second_statements
+
+
+def test_a_member_deleted_over_there_is_connected_again(app, officernd_env, make_customer):
+    env = officernd_env
+    old = env.add_member("Gil", "gil@example.com")
+    gil = make_customer(first_name="Gil", last_name="Gone", email="gil@example.com")
+    env.connect()
+    assert start_sync(env.name, background=False).matched == 1
+    with env.standin._lock:  # someone deletes the member in OfficeRnD
+        del env.standin.members[old["id"]]
+        env.standin._email_index.pop("gil@example.com", None)
+
+    run = start_sync(env.name, background=False)
+
+    assert (run.matched, run.created, run.failed) == (0, 1, 0)
+    link = MemberLink.active_for(gil.id, env.name)
+    assert link.source == "created" and link.member_id != old["id"]
+    assert MemberLink.query.filter_by(customer_id=gil.id, active=False).one().member_id == old["id"]
