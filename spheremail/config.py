@@ -91,4 +91,6 @@ def load_config(instance_path: str) -> dict:
         "OFFICERND_API_BASE": os.environ.get("OFFICERND_API_BASE", "https://app.officernd.com/api/v2"),
         "NEXUDUS_API_BASE": os.environ.get("NEXUDUS_API_BASE", "https://spaces.nexudus.com"),
         "STRIPE_API_BASE": os.environ.get("STRIPE_API_BASE") or None,
+        # Threads that send member creates during auto-connect (HTTP only; the DB stays on one thread).
+        "MEMBER_SYNC_WORKERS": int(os.environ.get("MEMBER_SYNC_WORKERS", "6")),
     }
