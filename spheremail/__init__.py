@@ -57,7 +57,9 @@ def register_extensions(app: Flask) -> None:
     def load_user(user_id: str):
         from spheremail.models import User
 
-        return db.session.get(User, int(user_id))
+        user = db.session.get(User, int(user_id))
+        # A switched-off account loses its open sessions at once, not at its next login.
+        return user if user is not None and user.is_enabled else None
 
 
 # Every blueprint module of the app, registered when present. A newcomer finds a

@@ -91,6 +91,13 @@ def enforce_access():
         if request.headers.get("HX-Request"):
             abort(401)
         return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+    if not _impersonator_still_allowed():
+        # The staff member behind "log in as customer" was switched off: end the session.
+        from flask_login import logout_user
+
+        logout_user()
+        session.clear()
+        return redirect(url_for("auth.login"))
     if not all(can(current_user, c) for c in needed):
         abort(403)
     # Customers must be active to use the portal (staff acting as them too).
@@ -99,6 +106,18 @@ def enforce_access():
         if customer is None or not customer.is_active:
             abort(403)
     return None
+
+
+def _impersonator_still_allowed() -> bool:
+    """While staff act as a customer, the staff account must still exist and be switched on."""
+    staff_id = session.get("impersonator_id")
+    if not staff_id:
+        return True
+    from spheremail.extensions import db
+    from spheremail.models import User
+
+    staff = db.session.get(User, int(staff_id))
+    return staff is not None and staff.is_enabled and staff.is_staff
 
 
 def acting_as_customer() -> bool:
