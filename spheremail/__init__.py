@@ -26,6 +26,7 @@ def create_app(config: dict | None = None) -> Flask:
     logging.basicConfig(level=logging.INFO)
 
     register_extensions(app)
+    register_request_guards(app)
     register_blueprints(app)
     register_errorhandlers(app)
     register_template_helpers(app)
@@ -87,6 +88,35 @@ def register_blueprints(app: Flask) -> None:
     app.before_request(enforce_access)
 
 
+# Ids in URLs fit the database's integer columns; a larger one is simply not found (404)
+# instead of overflowing the database driver.
+MAX_ID = 2**31 - 1
+
+
+def register_request_guards(app: Flask) -> None:
+    """Refuse input no page could store: oversized ids in URLs and NUL characters in forms."""
+    from werkzeug.routing import IntegerConverter
+
+    class BoundedIntConverter(IntegerConverter):
+        def __init__(self, url_map, *args, **kwargs):
+            kwargs.setdefault("max", MAX_ID)
+            super().__init__(url_map, *args, **kwargs)
+
+    # Must be set before blueprints add their rules: rules pick their converter when added.
+    app.url_map.converters["int"] = BoundedIntConverter
+
+    @app.before_request
+    def refuse_nul_in_forms():
+        # PostgreSQL cannot store NUL in text, so no form may carry one. Other control
+        # characters are left to each form's own validation, which names the field.
+        for key, values in request.form.lists():
+            if "\x00" in key or any("\x00" in v for v in values):
+                from flask import abort
+
+                abort(400, description="control characters")
+        return None
+
+
 def register_errorhandlers(app: Flask) -> None:
     """Friendly pages for client errors; a 500 page that leaks nothing."""
 
@@ -102,6 +132,10 @@ def register_errorhandlers(app: Flask) -> None:
 
     @app.errorhandler(400)
     def bad_request(exc):
+        if getattr(exc, "description", None) == "control characters":
+            return _render(400, "Characters that cannot be saved",
+                           "What you typed contains invisible control characters. Remove them "
+                           "(retype the text rather than pasting it) and try again. Nothing was saved.")
         return _render(400, "Bad request", "The request could not be understood.")
 
     @app.errorhandler(401)

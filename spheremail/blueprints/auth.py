@@ -243,7 +243,6 @@ def impersonate(customer_id: int):
     from flask import session
 
     from spheremail.htmx import hx_redirect, render
-    from spheremail.models import LoginFailure
     from spheremail.services import audit
 
     customer = _impersonation_target(customer_id)
@@ -253,7 +252,8 @@ def impersonate(customer_id: int):
     if not customer.is_active:
         error = "This customer is inactive: inactive customers cannot use the portal, so you cannot log in as them."
     elif form.validate_on_submit():
-        if staff.check_password(form.password.data):
+        refusal = login_service.confirm_own_password(staff, form.password.data, request.remote_addr)
+        if refusal is None:
             audit.record("impersonation_started",
                          f"{staff.email} logged in as customer {customer.email} (mailbox {customer.mailbox_number})",
                          subject=customer, actor=staff)
@@ -261,13 +261,13 @@ def impersonate(customer_id: int):
             login_user(customer.user)
             session["impersonator_id"] = staff.id
             return hx_redirect(url_for("portal.home"))
-        # A wrong password here is a guess at a staff password: it counts like a failed login.
-        db.session.add(LoginFailure(address=request.remote_addr or "", email=staff.email))
+        # A wrong password here is a guess at a staff password: it is throttled and counted
+        # like a failed login (per address and against the staff account).
         audit.record("impersonation_failed",
                      f"{staff.email} tried to log in as customer {customer.email} with a wrong password",
                      subject=customer, actor=staff)
         db.session.commit()
-        error = "That is not your password. Enter the password you use to log in to SphereMail."
+        error = refusal
     elif request.method == "POST":
         error = "Enter your own password to continue."
     return render("auth/impersonate.html", "auth/modals/impersonate.html",

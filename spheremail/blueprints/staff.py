@@ -30,12 +30,13 @@ def audit_log():
     actions = db.session.execute(
         db.select(AuditEvent.action).distinct().order_by(AuditEvent.action)
     ).scalars().all()
-    action = (request.args.get("action") or "").strip()[:60]
+    action = "".join(ch for ch in (request.args.get("action") or "") if ch.isprintable()).strip()[:60]
     query = db.select(AuditEvent).order_by(AuditEvent.created_at.desc(), AuditEvent.id.desc())
     if action:
         query = query.where(AuditEvent.action == action)
-    page = request.args.get("page", 1, type=int)
-    pagination = db.paginate(query, page=max(1, page or 1), per_page=AUDIT_PAGE_SIZE, error_out=False)
+    from spheremail.request_args import page_arg
+
+    pagination = db.paginate(query, page=page_arg(), per_page=AUDIT_PAGE_SIZE, error_out=False)
     return render("staff/audit_log.html", "staff/partials/audit_table.html",
                   pagination=pagination, events=pagination.items, actions=actions, action=action)
 

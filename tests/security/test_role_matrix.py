@@ -66,7 +66,9 @@ def _fill(rule, ids: dict) -> dict:
     values = {}
     for name, converter in rule._converters.items():
         kind = type(converter).__name__
-        if kind in ("IntegerConverter", "NumberConverter", "FloatConverter"):
+        from werkzeug.routing.converters import NumberConverter
+
+        if isinstance(converter, NumberConverter):  # also the app's bounded int converter
             values[name] = ids.get(name, 1)
         elif kind == "UUIDConverter":
             values[name] = uuid.uuid4()
