@@ -121,7 +121,7 @@ def _done(message: str | None = None):
 @bp.route("/<provider>/enabled", methods=["POST"])
 @allow(Capability.INTEGRATIONS)
 def set_enabled(provider):
-    """The enable toggle. Turning it on while connected starts a new export window."""
+    """The enable toggle. Turning it on while connected keeps the export window's start."""
     spec = _spec_or_404(provider)
     conn = IntegrationConnection.get_or_create(provider)
     enabled = request.form.get("enabled") in ("on", "1", "true", "yes")
@@ -133,7 +133,11 @@ def set_enabled(provider):
             return _switch_confirm(spec, other)
         conn.enabled = True
         if conn.is_connected:
-            conn.enabled_at = utcnow()
+            # Keep the first enabled_at: moving it forward would strand invoices made in
+            # between (no longer exported, yet still refused for payment here while they
+            # were billed elsewhere). Invoices made while switched off were payable here;
+            # those still pending are exported now. A disconnect clears it (new window).
+            conn.enabled_at = conn.enabled_at or utcnow()
     elif not enabled:
         conn.enabled = False
     audit.record("integration_toggled", f"{spec.label} {'enabled' if enabled else 'disabled'}", subject=conn)

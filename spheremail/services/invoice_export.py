@@ -78,17 +78,41 @@ class ExportResult:
         return text
 
 
+def _billed_by(conn: IntegrationConnection):
+    """The ONE rule for which invoices ``conn`` bills: the customer is connected to a member
+    there and the invoice was created on/after ``enabled_at``. The export and the payment
+    side (:func:`is_invoice_externally_billed`) both use it, so every pending invoice is
+    either exported or payable here, never neither."""
+    return (
+        Invoice.created_at >= conn.enabled_at,
+        db.select(MemberLink.id).where(
+            (MemberLink.customer_id == Invoice.customer_id)
+            & (MemberLink.provider == conn.provider) & MemberLink.active.is_(True)
+        ).exists(),
+    )
+
+
+def is_invoice_externally_billed(invoice: Invoice) -> bool:
+    """True when ``invoice`` is billed by the coworking system (exported), so it must not be
+    paid or charged here. Decided per invoice: older invoices of a customer linked later,
+    made before the integration's ``enabled_at``, are never exported and stay payable here."""
+    conn = IntegrationConnection.active()
+    if conn is None or not conn.exports_invoices or invoice.id is None:
+        return False
+    return db.session.execute(
+        db.select(Invoice.id).where(Invoice.id == invoice.id).where(*_billed_by(conn))
+    ).first() is not None
+
+
 def eligible_invoice_ids(conn: IntegrationConnection, limit: int | None = None) -> list[int]:
-    """Invoices to export now: pending, connected customer, created on/after enabled_at,
-    and either never claimed or in a retryable outbox state."""
+    """Invoices to export now: pending, billed by ``conn`` (:func:`_billed_by`), with a
+    number, and either never claimed or in a retryable outbox state."""
     stale_claim = utcnow() - CLAIM_STALE
     query = (
         db.select(Invoice.id)
-        .join(MemberLink, (MemberLink.customer_id == Invoice.customer_id)
-              & (MemberLink.provider == conn.provider) & MemberLink.active.is_(True))
         .outerjoin(InvoiceExport, InvoiceExport.invoice_id == Invoice.id)
         .where(Invoice.status == InvoiceStatus.PENDING.value)
-        .where(Invoice.created_at >= conn.enabled_at)
+        .where(*_billed_by(conn))
         .where(Invoice.number.is_not(None))
         .where(or_(InvoiceExport.id.is_(None),
                    InvoiceExport.state == ExportState.FAILED.value,

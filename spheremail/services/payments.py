@@ -125,6 +125,15 @@ def is_externally_billed(customer: Customer) -> bool:
     return bool(_billing().is_externally_billed(customer))
 
 
+def is_invoice_externally_billed(invoice: Invoice) -> bool:
+    """``invoice`` is exported to the coworking system: never paid or charged here. Decided
+    per invoice with the export's own rule, so an invoice it will never export (made before
+    the integration was enabled) stays payable here instead of pending forever."""
+    from spheremail.services import invoice_export
+
+    return bool(invoice_export.is_invoice_externally_billed(invoice))
+
+
 def _mark_paid(invoice: Invoice, reference: str, at: dt.datetime) -> None:
     _billing().mark_invoice_paid(invoice, PAYMENT_METHOD, reference, at)
 
@@ -150,7 +159,7 @@ def gateway_customer(customer: Customer) -> GatewayCustomer | None:
 
 def can_pay_online(invoice: Invoice) -> bool:
     """Pay now is offered: the invoice is pending with something to pay and not billed elsewhere."""
-    return invoice.is_open and invoice.total_minor > 0 and not is_externally_billed(invoice.customer)
+    return invoice.is_open and invoice.total_minor > 0 and not is_invoice_externally_billed(invoice)
 
 
 def attempts_for_invoice(invoice: Invoice) -> list[PaymentAttempt]:
@@ -245,7 +254,7 @@ def start_checkout(invoice: Invoice, *, success_url: str, cancel_url: str) -> st
         raise PaymentError(f"This invoice is {invoice.status_enum.label.lower()}: there is nothing to pay.")
     if invoice.total_minor <= 0:
         raise PaymentError("This invoice has nothing to pay.")
-    if is_externally_billed(invoice.customer):
+    if is_invoice_externally_billed(invoice):
         raise PaymentError("Your invoices are billed through your coworking account; please pay them there.")
     gc = gateway_customer(invoice.customer)
     params = dict(
@@ -630,7 +639,7 @@ def _collect_one(gateway: StripeGateway, invoice_id: int, today: dt.date) -> str
     gc = gateway_customer(customer)
     if not invoice.is_open or gc is None or not gc.has_card or not customer.is_active:
         return "skipped"
-    if is_externally_billed(customer):
+    if is_invoice_externally_billed(invoice):
         return "skipped"
     attempts = attempts_for_invoice(invoice)
     if any(a.status in {AttemptStatus.SUCCEEDED.value, AttemptStatus.MISMATCH.value, AttemptStatus.PROCESSING.value}

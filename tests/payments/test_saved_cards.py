@@ -134,7 +134,11 @@ def test_externally_billed_customer_is_skipped(customer_client, customer, gatewa
     _save_card(customer_client, gateway)
     _autocharge_on()
     invoice = make_invoice(customer)
+    from spheremail.services import invoice_export
+
     monkeypatch.setattr(billing, "is_externally_billed", lambda c: c.id == customer.id)
+    # Charging and Pay now decide per invoice (an invoice older than the integration is payable).
+    monkeypatch.setattr(invoice_export, "is_invoice_externally_billed", lambda inv: inv.customer_id == customer.id)
     result = _run()
     assert result.skipped == 1 and result.charged == 0
     assert gateway.count("POST", "/v1/payment_intents") == 0
