@@ -1,12 +1,17 @@
 """Daily job: charge saved cards for due pending invoices (when the operator switched it on)."""
-from spheremail.jobs import Job, JobContext, daily_slot, register
+from spheremail.jobs import Job, JobContext, StopEarly, daily_slot, register
 
 
 def _run(ctx: JobContext) -> str:
     from spheremail.models.base import utcnow
-    from spheremail.services.payments import collect_due_invoices
+    from spheremail.services.payments import CollectionResult, collect_due_invoices
 
-    return str(collect_due_invoices(utcnow().date(), renew=ctx.renew))
+    result = collect_due_invoices(utcnow().date(), renew=ctx.renew)
+    if isinstance(result, CollectionResult) and result.unreachable:
+        # Stripe did not answer some charges: retry them at the next tick (same idempotency key,
+        # so Stripe replays) rather than tomorrow, when Stripe may have forgotten the key.
+        raise StopEarly(str(result))
+    return str(result)
 
 
 register(Job(

@@ -48,6 +48,14 @@ PAYMENT_METHOD = "card"  # Payment.method for money taken through Stripe
 # A Checkout Session stays payable for 24 hours: while one may still be paid, the job does
 # not charge the same invoice off-session.
 CHECKOUT_SESSION_LIFETIME = dt.timedelta(hours=24)
+# Stripe keeps an idempotency key "at least 24 hours". An off-session charge whose outcome is
+# unknown (STARTED) is replayed under its key only while it is younger than this, safely inside
+# that window; an older one could create a second PaymentIntent, so staff check it instead.
+REPLAY_WINDOW = dt.timedelta(hours=20)
+UNKNOWN_OUTCOME_CODE = "outcome_unknown"
+UNKNOWN_OUTCOME_MESSAGE = "Outcome of an automatic charge is unknown; check Stripe before charging again."
+CHARGE_IN_PROGRESS_MESSAGE = ("An automatic charge of your saved card for this invoice is in progress. "
+                              "Please wait for it to finish before paying another way.")
 
 NOT_CONFIGURED_MESSAGE = ("Online payment is not set up yet. Please pay by bank transfer using the "
                           "details on the invoice, or contact us.")
@@ -157,8 +165,24 @@ def gateway_customer(customer: Customer) -> GatewayCustomer | None:
     ).scalar_one_or_none()
 
 
+def charge_in_progress(invoice: Invoice) -> bool:
+    """An off-session charge of ``invoice`` is STARTED (outcome unknown) or PROCESSING.
+
+    Pay now is refused meanwhile: the card may already have been charged, and a Checkout
+    payment on top would take the money twice.
+    """
+    return db.session.execute(
+        select(PaymentAttempt.id).filter_by(invoice_id=invoice.id, kind=AttemptKind.OFF_SESSION.value)
+        .where(PaymentAttempt.status.in_([AttemptStatus.STARTED.value, AttemptStatus.PROCESSING.value]))
+        .limit(1)
+    ).first() is not None
+
+
 def can_pay_online(invoice: Invoice) -> bool:
-    """Pay now is offered: the invoice is pending with something to pay and not billed elsewhere."""
+    """Pay now is offered: the invoice is pending with something to pay, not billed elsewhere,
+    and no automatic charge of it is in progress (:func:`charge_in_progress`)."""
+    if charge_in_progress(invoice):
+        return False
     return invoice.is_open and invoice.total_minor > 0 and not is_invoice_externally_billed(invoice)
 
 
@@ -256,6 +280,8 @@ def start_checkout(invoice: Invoice, *, success_url: str, cancel_url: str) -> st
         raise PaymentError("This invoice has nothing to pay.")
     if is_invoice_externally_billed(invoice):
         raise PaymentError("Your invoices are billed through your coworking account; please pay them there.")
+    if charge_in_progress(invoice):
+        raise PaymentError(CHARGE_IN_PROGRESS_MESSAGE)
     gc = gateway_customer(invoice.customer)
     params = dict(
         amount_minor=invoice.total_minor, currency=invoice.currency, invoice_id=invoice.id,
@@ -591,6 +617,8 @@ class CollectionResult:
     declined: int = 0
     failed: int = 0
     skipped: int = 0
+    # Of ``failed``: Stripe could not be reached (outcome unknown); the job retries at the next tick.
+    unreachable: int = 0
 
     def __str__(self) -> str:
         return (f"{self.charged} charged, {self.declined} declined, {self.failed} failed, "
@@ -615,7 +643,9 @@ def collect_due_invoices(today: dt.date, renew=None) -> CollectionResult | str:
     Skips customers billed through a coworking system, invoices with a checkout that may still
     be paid, and invoices whose last charge on the same card was declined (a new card retries).
     An attempt left without an answer (network failure) is retried with the SAME idempotency key,
-    so Stripe replays its first outcome instead of charging again.
+    so Stripe replays its first outcome instead of charging again, but only within
+    :data:`REPLAY_WINDOW` of its first send; an older one is flagged for staff (mismatch, reason
+    :data:`UNKNOWN_OUTCOME_MESSAGE`) and its invoice is left alone.
     """
     if not autocharge_enabled():
         return "automatic charging is off"
@@ -628,8 +658,24 @@ def collect_due_invoices(today: dt.date, renew=None) -> CollectionResult | str:
         if renew is not None and not renew():
             break  # lost the lease: another process carries on
         outcome = _collect_one(gateway, invoice_id, today)
+        if outcome == "unreachable":
+            result.unreachable += 1
+            outcome = "failed"
         setattr(result, outcome, getattr(result, outcome) + 1)
     return result
+
+
+def _flag_unknown_outcome(attempt: PaymentAttempt, invoice: Invoice) -> None:
+    """A STARTED off-session charge too old to replay: staff must check Stripe (the caller commits).
+
+    MISMATCH puts it on the staff overview and keeps the job off the invoice for good.
+    """
+    detail = f" (last error: {attempt.reason})" if attempt.failure_code else ""
+    attempt.status = AttemptStatus.MISMATCH.value
+    attempt.failure_code = UNKNOWN_OUTCOME_CODE
+    attempt.failure_message = (UNKNOWN_OUTCOME_MESSAGE + detail)[:500]
+    audit.record("payments.charge_outcome_unknown", f"Invoice {invoice.number}: {UNKNOWN_OUTCOME_MESSAGE}",
+                 subject=invoice)
 
 
 def _collect_one(gateway: StripeGateway, invoice_id: int, today: dt.date) -> str:
@@ -654,6 +700,12 @@ def _collect_one(gateway: StripeGateway, invoice_id: int, today: dt.date) -> str
     if last is not None and last.status == AttemptStatus.DECLINED.value and last.payment_method_id == gc.payment_method_id:
         return "skipped"  # do not hammer a declined card; saving a new card retries
     if last is not None and last.status == AttemptStatus.STARTED.value:
+        if last.created_at <= utcnow() - REPLAY_WINDOW:
+            # Stripe may have forgotten the key by now: replaying it could create a second
+            # PaymentIntent and charge the card twice. A person checks Stripe instead.
+            _flag_unknown_outcome(last, invoice)
+            db.session.commit()
+            return "skipped"
         attempt = last  # unknown outcome: replay the same request under the same key
     else:
         attempt = _new_attempt(invoice, AttemptKind.OFF_SESSION, payment_method_id=gc.payment_method_id)
@@ -678,7 +730,7 @@ def _collect_one(gateway: StripeGateway, invoice_id: int, today: dt.date) -> str
         attempt.failure_code = "unreachable"
         attempt.failure_message = (exc.detail or exc.message)[:500]
         db.session.commit()
-        return "failed"
+        return "unreachable"
     except GatewayError as exc:
         attempt.status = AttemptStatus.FAILED.value
         attempt.failure_code = (exc.code or "gateway_error")[:80]
