@@ -40,7 +40,9 @@ def _export(ctx: JobContext) -> str:
         # A slot from before the integration existed is not a missed slot of it.
         return f"slot {ctx.slot_key} precedes the integration (enabled {conn.enabled_at:%Y-%m-%d})"
     try:
-        result = export_pending(conn.provider)
+        # Renew the lease between invoices: a long export (60 writes/min on Nexudus) must
+        # not let a second process start the same slot and double the write rate.
+        result = export_pending(conn.provider, heartbeat=ctx.renew)
     except ExportStopped as exc:
         raise StopEarly(str(exc)) from None
     return f"{conn.provider}: {result.summary()}"
@@ -62,7 +64,7 @@ def _member_sync(ctx: JobContext) -> str:
     conn = IntegrationConnection.active()
     if conn is None:
         return "no connected integration"
-    run = start_sync(conn.provider, background=False)
+    run = start_sync(conn.provider, background=False, heartbeat=ctx.renew)
     if run.status == "failed":
         raise StopEarly(run.summary())
     return f"{conn.provider}: {run.summary()}"

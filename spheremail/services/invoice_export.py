@@ -10,10 +10,14 @@ was enabled, export switched on):
 3. on success store the remote id and close the invoice IN ONE TRANSACTION;
 4. when the outcome is unknown (timeout, dropped answer, 5xx after sending, or a crash
    that left a row ``sending``): if the provider can search by our reference, look it
-   up before any retry; if it cannot (OfficeRnD), mark the row ``unknown`` for a person,
-   who either enters the remote id ("it was created") or releases it ("not created");
+   up; found closes it, "not found" is NOT proof yet (the other side may still be saving
+   it), so the row waits ``failed`` with ``sending_at`` kept, is never re-sent in the same
+   run, and later runs look it up again; only a lookup made :data:`RECHECK_AFTER` after
+   the send that still finds nothing lets it be sent again. If the provider cannot be
+   searched (OfficeRnD), mark the row ``unknown`` for a person, who either enters the
+   remote id ("it was created") or releases it ("not created");
 5. a refusal that proves nothing was created (400, 401/403, connection refused) marks
-   the row ``failed``; it is retried by the next run;
+   the row ``failed`` and clears ``sending_at`` (no send in doubt); the next run retries it;
 6. rate limited beyond what the client waits out, or the other side unreachable: stop
    early (:class:`~spheremail.jobs.StopEarly`) and resume on the next tick.
 
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import random
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -47,7 +50,11 @@ log = logging.getLogger(__name__)
 SENDING_STALE = dt.timedelta(minutes=15)
 # A "claimed" row not turned into "sending" within this time was abandoned.
 CLAIM_STALE = dt.timedelta(minutes=5)
-LOOKUP_RETRIES = 3  # for providers with lookup: re-sends after "not found", with backoff
+# An unknown outcome (timeout, dropped answer, 5xx after sending) is never re-sent in the
+# same run: the other side may still be saving it, so a lookup moments later proves
+# nothing. Only a lookup made at least this long after the send that finds nothing lets
+# a later run send it again.
+RECHECK_AFTER = dt.timedelta(minutes=5)
 MAX_CONSECUTIVE_ERRORS = 3  # remote/unreachable errors in a row before stopping early
 
 
@@ -221,12 +228,17 @@ def _hook_after_remote_call(row_id: int, remote_id: str) -> None:
 
 
 def export_pending(provider_name: str | None = None, *, client=None, owner: str | None = None,
-                   now: dt.datetime | None = None, sleep=time.sleep, limit: int | None = None) -> ExportResult:
+                   now: dt.datetime | None = None, sleep=time.sleep, limit: int | None = None,
+                   heartbeat=None) -> ExportResult:
     """Export every eligible invoice of the active integration (of ``provider_name``).
 
     Returns the result; raises :class:`ExportStopped` when it stopped early (the rows it
     did not reach are untouched and the next run takes them). Safe to run from several
     processes at once: each invoice is claimed by exactly one.
+
+    ``heartbeat`` (optional) is called before each invoice, e.g. to renew the job's
+    lease; when it returns False the run stops early there. ``sleep`` is kept for
+    callers; an unknown outcome is never retried within a run, so nothing waits on it.
     """
     from spheremail.integrations.registry import provider_for
 
@@ -247,11 +259,15 @@ def export_pending(provider_name: str | None = None, *, client=None, owner: str 
         _recover_stale(client, provider, now, result)
         consecutive = 0
         for invoice_id in eligible_invoice_ids(conn, limit):
+            if heartbeat is not None and heartbeat() is False:
+                # Our lease is gone (or about to be): another process may take the slot,
+                # so stop here rather than run two rate limiters side by side.
+                raise ExportStopped("the run lost its lease; the rest is exported on the next run")
             row_id = _claim(invoice_id, provider, owner)
             if row_id is None:
                 result.skipped += 1
                 continue
-            outcome = _export_one(client, row_id, owner, location_id, sleep)
+            outcome = _export_one(client, row_id, owner, location_id, now)
             if outcome == "recheck":
                 result.recheck += 1
             if outcome in ("remote", "unreachable"):
@@ -300,7 +316,9 @@ def _recover_stale(client, provider: str, now: dt.datetime, result: ExportResult
     for row in stale:
         row_id, number = row.id, row.invoice.number
         db.session.commit()
-        outcome = _resolve_unknown(client, row_id, number, "the run sending it stopped before it finished")
+        # Stale means sent over SENDING_STALE (> RECHECK_AFTER) ago: "not found" is proof.
+        outcome = _resolve_unknown(client, row_id, number, "the run sending it stopped before it finished",
+                                   absence_proven=True)
         _count(result, outcome)
     if busy:
         # Maybe another live run, maybe a crash moments ago: decide on a later tick.
@@ -308,8 +326,13 @@ def _recover_stale(client, provider: str, now: dt.datetime, result: ExportResult
         result.stopped = result.stopped or f"{busy} export(s) still in progress elsewhere"
 
 
-def _resolve_unknown(client, row_id: int, number: str, why: str) -> str:
-    """Outcome unknown: look it up by our reference if we can, else hand it to a person."""
+def _resolve_unknown(client, row_id: int, number: str, why: str, *, absence_proven: bool) -> str:
+    """Outcome unknown: look it up by our reference if we can, else hand it to a person.
+
+    ``absence_proven``: whether "not found" proves it was not created (the lookup is made
+    long enough after the send). If not, the row waits ``failed`` with its ``sending_at``
+    kept and the outcome is ``recheck``: looked up again on a later run, never re-sent now.
+    """
     if getattr(client, "supports_export_lookup", False):
         try:
             remote_id = client.find_export(number)
@@ -319,17 +342,25 @@ def _resolve_unknown(client, row_id: int, number: str, why: str) -> str:
         if remote_id:
             complete(_with_invoice(row_id), remote_id)
             return "done"
+        if not absence_proven:
+            # The other side may still be saving it (a 504 from a gateway, a timeout):
+            # sending again now could create it twice.
+            _set_state(row_id, ExportState.FAILED, f"{why} Not found yet; looked up again "
+                                                   "before any new attempt.")
+            return "recheck"
         # Proven absent: safe to send again on the next run.
-        _set_state(row_id, ExportState.FAILED, f"{why}; not found over there, will be sent again")
+        _set_state(row_id, ExportState.FAILED, f"{why}; not found over there, will be sent again",
+                   sending_at=None)
         return "failed"
     _set_state(row_id, ExportState.UNKNOWN, f"{why}. {client.name} cannot be searched for it: "
                                             "check whether it was created and resolve it here.")
     return "unknown"
 
 
-def _export_one(client, row_id: int, owner: str, location_id: str, sleep) -> str:
-    """Send one claimed invoice. Returns done|failed|unknown|remote|unreachable; raises
-    ExportStopped when the run must stop."""
+def _export_one(client, row_id: int, owner: str, location_id: str, now: dt.datetime) -> str:
+    """Send one claimed invoice, at most once per run. Returns
+    done|failed|unknown|recheck|remote|unreachable|skipped; raises ExportStopped when the
+    run must stop."""
     # The row, its invoice and the customer's active link (unique) in one SELECT.
     row, invoice, link = db.session.execute(
         db.select(InvoiceExport, Invoice, MemberLink)
@@ -345,6 +376,8 @@ def _export_one(client, row_id: int, owner: str, location_id: str, sleep) -> str
     member_id = link.member_id
     request = _request_for(invoice, member_id, location_id)
     tried_before = bool(row.attempts)
+    # Set while an earlier send's outcome is still unknown (cleared once known not created).
+    in_doubt_since = row.sending_at
     if tried_before:
         row.member_id = member_id  # a lookup below may complete it without sending
     # End the read before any HTTP call. The member is recorded with "sending" (one
@@ -356,45 +389,42 @@ def _export_one(client, row_id: int, owner: str, location_id: str, sleep) -> str
         try:
             remote_id = client.find_export(request.invoice_number)
         except ProviderError as exc:
-            return _refused(client, row_id, row.provider, exc)
+            # The earlier send stays in doubt (sending_at kept): looked up again next run.
+            return _refused(client, row_id, row.provider, exc, in_doubt=in_doubt_since is not None)
         if remote_id:
             complete(_with_invoice(row_id), remote_id)
             log.info("invoice %s was already in %s as %s", request.invoice_number, client.name, remote_id)
             return "done"
-    for attempt in range(LOOKUP_RETRIES + 1):
-        if not _mark_sending(row_id, owner, member_id):
-            return "skipped"  # lost the claim (should not happen; never send without it)
-        try:
-            remote_id = client.export_invoice(request)
-        except OutcomeUnknown as exc:
-            outcome = _resolve_unknown(client, row_id, request.invoice_number, exc.message)
-            if outcome == "failed" and exc.status is None:
-                # No answer at all (timeout, dropped connection): the other side may still be
-                # working on it, so "not found yet" proves nothing. Do not send again now.
-                _set_state(row_id, ExportState.FAILED, f"{exc.message} Not found yet; looked up again "
-                                                       "before any new attempt.")
-                return "recheck"
-            if outcome != "failed" or attempt == LOOKUP_RETRIES:
-                return outcome
-            # Looked up and proven absent: back off, then send again under the same claim.
-            _set_state(row_id, ExportState.CLAIMED, owner=owner)
-            sleep(min(30.0, 0.5 * 2 ** attempt) * (0.5 + random.random() / 2))
-            continue
-        except ProviderError as exc:
-            return _refused(client, row_id, row.provider, exc)
-        _hook_after_remote_call(row_id, remote_id)
-        complete(_with_invoice(row_id), remote_id)
-        log.info("invoice %s exported to %s as %s", request.invoice_number, client.name, remote_id)
-        return "done"
-    return "failed"
+        if in_doubt_since is not None and now - in_doubt_since < RECHECK_AFTER:
+            # Too soon after a send with no answer to call "not found" proof: wait.
+            _set_state(row_id, ExportState.FAILED, "Sent without a clear answer and not found yet; "
+                                                   "looked up again before any new attempt.")
+            return "recheck"
+    if not _mark_sending(row_id, owner, member_id):
+        return "skipped"  # lost the claim (should not happen; never send without it)
+    try:
+        remote_id = client.export_invoice(request)
+    except OutcomeUnknown as exc:
+        # Any unknown outcome, 5xx after sending included: never re-sent in this run.
+        return _resolve_unknown(client, row_id, request.invoice_number, exc.message, absence_proven=False)
+    except ProviderError as exc:
+        return _refused(client, row_id, row.provider, exc)
+    _hook_after_remote_call(row_id, remote_id)
+    complete(_with_invoice(row_id), remote_id)
+    log.info("invoice %s exported to %s as %s", request.invoice_number, client.name, remote_id)
+    return "done"
 
 
-def _refused(client, row_id: int, provider: str, exc: ProviderError) -> str:
+def _refused(client, row_id: int, provider: str, exc: ProviderError, *, in_doubt: bool = False) -> str:
     """Known not created (refused, throttled, unreachable): failed, retried by the next run;
-    raises ExportStopped when going on is pointless."""
+    raises ExportStopped when going on is pointless. ``in_doubt``: the refusal was to a
+    lookup for an earlier send whose outcome is still unknown, so ``sending_at`` is kept."""
     from spheremail.services.member_sync import mark_reconnect_needed
 
-    _set_state(row_id, ExportState.FAILED, exc.message)
+    if in_doubt:
+        _set_state(row_id, ExportState.FAILED, exc.message)
+    else:
+        _set_state(row_id, ExportState.FAILED, exc.message, sending_at=None)
     if exc.kind == "rate_limited":
         raise ExportStopped(exc.message) from None
     if exc.kind in ("auth", "scope"):
@@ -446,6 +476,7 @@ def resolve_not_created(row: InvoiceExport, *, by=None) -> None:
     if row.state != ExportState.UNKNOWN.value:
         raise ExportError("This export is no longer waiting for a decision.")
     row.state = ExportState.FAILED.value
+    row.sending_at = None  # no longer in doubt: the next run may send it at once
     row.last_error = "released for a new attempt by a person who checked it was not created"
     if by is not None:
         row.resolved_by_id = by.id

@@ -197,10 +197,11 @@ def _connect_one(provider, conn_provider: str, location_id: str, customer: Custo
 
 
 # ------------------------------------------------------------------------- full sync
-def start_sync(provider: str, *, by=None, background: bool = True) -> SyncRun:
+def start_sync(provider: str, *, by=None, background: bool = True, heartbeat=None) -> SyncRun:
     """Record a new auto-connect run and start it (in a background thread by default).
 
-    Refuses when the integration is not active or a run is already going.
+    Refuses when the integration is not active or a run is already going. ``heartbeat``:
+    see :func:`run_sync` (only used when ``background`` is False).
     """
     conn = active_connection(provider)
     if conn is None:
@@ -214,7 +215,7 @@ def start_sync(provider: str, *, by=None, background: bool = True) -> SyncRun:
     if background:
         _spawn(run_sync, run.id)
     else:
-        run_sync(run.id)
+        run_sync(run.id, heartbeat=heartbeat)
     return db.session.get(SyncRun, run.id)
 
 
@@ -240,13 +241,14 @@ def latest_run(provider: str) -> SyncRun | None:
     ).scalar_one_or_none()
 
 
-def run_sync(run_id: int, *, provider_client=None, workers: int | None = None) -> SyncRun:
+def run_sync(run_id: int, *, provider_client=None, workers: int | None = None, heartbeat=None) -> SyncRun:
     """Do auto-connect run ``run_id``: every active customer matched, linked or created.
 
     The members are read once; customers are matched against them here, and only the
     creates go over there, ``workers`` at a time (default: the ``MEMBER_SYNC_WORKERS``
     setting, else :data:`WORKERS`). A rate-limit, sign-in or network error stops the
-    run; the next run does the rest.
+    run; the next run does the rest. ``heartbeat`` (optional, e.g. a job's lease renewal)
+    is called after each batch; when it returns False the run stops there as failed.
     """
     from spheremail.integrations.registry import provider_for
 
@@ -302,6 +304,7 @@ def run_sync(run_id: int, *, provider_client=None, workers: int | None = None) -
     in_flight: dict[Future, tuple[int, str]] = {}  # create -> (customer id, name)
     creating: set[str] = set()  # emails sent for creation in this run
     stop: list[ProviderError] = []
+    lease_lost = False
 
     def settle(block: bool) -> None:
         """Take the answers of the creates that finished (all of them once ``block`` waited)."""
@@ -358,6 +361,10 @@ def run_sync(run_id: int, *, provider_client=None, workers: int | None = None) -
                 settle(block=False)
             if batch.due():
                 batch.flush()
+                if heartbeat is not None and heartbeat() is False:
+                    # Lease lost: another process may start this slot; stop creating here.
+                    lease_lost = True
+                    break
         while in_flight:
             # Stopping too: what was already sent is answered and linked, not lost.
             settle(block=True)
@@ -371,6 +378,8 @@ def run_sync(run_id: int, *, provider_client=None, workers: int | None = None) -
         if any(e.kind == "auth" for e in stop):
             mark_reconnect_needed(conn_provider, next(e for e in stop if e.kind == "auth").message)
         return run
+    if lease_lost:
+        return _finish(run, conn, "failed", "stopped: the run lost its lease; the next run does the rest")
     return _finish(run, conn, "done", None)
 
 
