@@ -68,6 +68,9 @@ class Job:
     current_slot: Callable[[dt.datetime], str | None]
     run: Callable[[JobContext], str]
     lease_seconds: int = 300
+    # Earlier slots that must be done too (e.g. last month's bill run when this month's has
+    # come): tick runs those not done, oldest first, before the current slot. None: no catch-up.
+    catch_up_slots: Callable[[dt.datetime], list[str]] | None = None
 
 
 REGISTRY: dict[str, Job] = {}
@@ -200,8 +203,31 @@ def held_lease(job: Job, owner: str | None = None) -> Iterator[JobContext | None
         _release_lease(job.name, owner)
 
 
+def _needs_catch_up(job: Job, slot_key: str) -> bool:
+    """True when an earlier slot must still run: its row is not done (it failed, stopped early or
+    its owner died), or it has no row although the job ran an earlier slot (the server was down).
+
+    A job with no earlier slot at all was not in service then (a fresh install): nothing to catch
+    up. Slot keys are ISO dates ("2026-11", "2026-11-10"), so string order is time order.
+    """
+    status = db.session.execute(
+        db.select(JobSlot.status).filter_by(job_name=job.name, slot_key=slot_key)
+    ).scalar_one_or_none()
+    earlier = None
+    if status is None:
+        earlier = db.session.execute(
+            db.select(JobSlot.id).where(JobSlot.job_name == job.name, JobSlot.slot_key < slot_key).limit(1)
+        ).scalar_one_or_none()
+    db.session.commit()  # end the read: run_job starts its own transactions
+    return status != "done" if status is not None else earlier is not None
+
+
 def tick(now: dt.datetime | None = None) -> dict[str, str | None]:
-    """Run every registered job whose current slot is due and not done. Returns summaries."""
+    """Run every registered job whose current slot is due and not done. Returns summaries.
+
+    A job's missed earlier slots (``catch_up_slots``) run first, oldest first, through the same
+    :func:`run_job` (lease + slot row: once); their summaries are under "NAME SLOT".
+    """
     now = now or utcnow()
     results: dict[str, str | None] = {}
     for job in list(REGISTRY.values()):
@@ -209,6 +235,9 @@ def tick(now: dt.datetime | None = None) -> dict[str, str | None]:
         if slot_key is None:
             continue
         try:
+            for earlier in sorted(job.catch_up_slots(now) if job.catch_up_slots else []):
+                if earlier != slot_key and _needs_catch_up(job, earlier):
+                    results[f"{job.name} {earlier}"] = run_job(job, earlier)
             results[job.name] = run_job(job, slot_key)
         except Exception:  # noqa: BLE001 - one broken job must not stop the others
             db.session.rollback()

@@ -6,6 +6,8 @@ never work at the same time.
 """
 from __future__ import annotations
 
+import datetime as dt
+
 from spheremail.extensions import db
 from spheremail.jobs import Job, JobContext, held_lease, monthly_slot, register
 
@@ -24,12 +26,21 @@ def _run(ctx: JobContext) -> str:
     return run_bill_run(ctx.slot_key, on_batch=ctx.renew).summary()
 
 
+def previous_month_slot(now: dt.datetime) -> list[str]:
+    """Last month's slot: a bill run that failed or was missed in its month is caught up once.
+
+    Only one month back, not the whole history (see :func:`spheremail.jobs.tick`).
+    """
+    return [monthly_slot(now.replace(day=1) - dt.timedelta(days=1))]
+
+
 bill_run_job = register(Job(
     name="monthly-bill-run",
     description="Create this month's invoices: plan, paid recipients and unbilled one-off fees",
     current_slot=monthly_slot,
     run=_run,
     lease_seconds=600,
+    catch_up_slots=previous_month_slot,
 ))
 
 

@@ -484,7 +484,9 @@ def run_bill_run(period: str | dt.date, *, run_date: dt.date | None = None, batc
 
     Safe to run again and concurrently: already billed customers are skipped, and the
     UNIQUE (customer, period) constraint is the backstop when two runs race. ``on_batch``
-    is called after each committed batch (the job renews its lease there).
+    is called after each committed batch (the job renews its lease there). With emailing on,
+    the period's pending invoices never emailed (a crashed run) are emailed too, once; callers
+    hold the job's lease (job, button, CLI), so two runs do not email the same invoice.
     """
     start = parse_period(period) if isinstance(period, str) else period.replace(day=1)
     period_key = start.strftime("%Y-%m")
@@ -508,8 +510,18 @@ def run_bill_run(period: str | dt.date, *, run_date: dt.date | None = None, batc
     ).scalars())
     todo = [cid for cid in candidates if cid not in billed]
     result.already_billed = len(candidates) - len(todo)
+    emailing = send_emails and settings.email_invoices
+    # Invoices of this period a run created but never emailed (it crashed before emailing, or
+    # emailing was off then): a resumed or repeated run emails them, once (emailed_at is set).
+    unsent = db.session.execute(
+        select(Invoice.id).where(Invoice.period == period_key, Invoice.status == InvoiceStatus.PENDING.value,
+                                 Invoice.emailed_at.is_(None), Invoice.email_error.is_(None))
+        .order_by(Invoice.id)
+    ).scalars().all() if emailing else []
     db.session.commit()  # end the read so each batch starts with its lock (SQLite)
     if not todo:
+        if unsent:
+            result.emailed, result.email_failed = email_invoices(unsent)
         return result
 
     plan_rows = {p.id: (p.name, p.monthly_price_minor) for p in db.session.execute(select(Plan)).scalars()}
@@ -535,8 +547,8 @@ def run_bill_run(period: str | dt.date, *, run_date: dt.date | None = None, batc
         result.already_billed += already
         if on_batch is not None:
             on_batch()
-    if send_emails and settings.email_invoices and result.invoice_ids:
-        result.emailed, result.email_failed = email_invoices(result.invoice_ids)
+    if emailing and (unsent or result.invoice_ids):
+        result.emailed, result.email_failed = email_invoices(list(unsent) + result.invoice_ids)
     return result
 
 
