@@ -210,7 +210,14 @@ def _invoice(invoice_id: int) -> Invoice:
 def _invoice_page(invoice: Invoice, errors=None, form=None, status=200):
     return render_template("billing/invoice.html", invoice=invoice, errors=errors or {}, form=form or {},
                            methods=svc.OFFLINE_METHODS, today=today().isoformat(),
-                           externally_billed=svc.is_externally_billed(invoice.customer)), status
+                           externally_billed=_invoice_exported_elsewhere(invoice)), status
+
+
+def _invoice_exported_elsewhere(invoice: Invoice) -> bool:
+    """Whether this invoice waits for the coworking system's export (decided per invoice)."""
+    from spheremail.services.invoice_export import is_invoice_externally_billed
+
+    return is_invoice_externally_billed(invoice)
 
 
 @bp.route("/invoices/<int:invoice_id>")

@@ -420,7 +420,9 @@ def sync_progress(run_id):
 def new_customers(provider):
     """Customers whose member we created in the other system, newest first."""
     spec = _spec_or_404(provider)
-    page = max(1, request.args.get("page", 1, type=int) or 1)
+    from spheremail.request_args import page_arg
+
+    page = page_arg()
     per_page = 50
     links = member_sync.new_customers(provider, limit=per_page + 1, offset=(page - 1) * per_page)
     return render("integrations/new_customers.html", "integrations/partials/new_customers_table.html",

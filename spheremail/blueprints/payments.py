@@ -50,8 +50,11 @@ def portal_invoices():
     customer = _customer()
     invoices = billing.invoices_for_customer(customer)
     ready = svc.online_payment_ready()
-    external = svc.is_externally_billed(customer)
-    return render("payments/portal_invoices.html", invoices=invoices, ready=ready, external=external,
+    # Decided per invoice (one query): older invoices of a customer linked later stay payable here.
+    external_ids = svc.externally_billed_invoice_ids(invoices)
+    return render("payments/portal_invoices.html", invoices=invoices, ready=ready,
+                  external_ids=external_ids,
+                  external=bool(invoices) and all(i.id in external_ids for i in invoices if i.is_open),
                   not_configured_message=svc.NOT_CONFIGURED_MESSAGE)
 
 
@@ -60,7 +63,7 @@ def _invoice_page(invoice: Invoice, *, staff: bool):
     payable = (not staff) and ready and svc.can_pay_online(invoice)
     attempts = svc.attempts_for_invoice(invoice) if staff else []
     return render("payments/invoice.html", invoice=invoice, staff=staff, payable=payable, ready=ready,
-                  attempts=attempts, external=svc.is_externally_billed(invoice.customer),
+                  attempts=attempts, external=svc.is_invoice_externally_billed(invoice),
                   cancelled=request.args.get("cancelled") == "1",
                   not_configured_message=svc.NOT_CONFIGURED_MESSAGE)
 

@@ -51,8 +51,9 @@ class IntegrationConnection(db.Model):
     location_name: Mapped[str | None] = mapped_column(String(200))
     invoice_export: Mapped[bool] = mapped_column(default=False)
     fee_plan_id: Mapped[str | None] = mapped_column(String(64))
-    # Invoices created before this instant are never exported. Set each time the
-    # integration becomes active (connected with the toggle on).
+    # Invoices created before this instant are never exported (they stay payable here).
+    # Set when first enabled while connected; kept when the toggle goes off and on again
+    # (moving it would strand pending invoices); cleared on disconnect.
     enabled_at: Mapped[dt.datetime | None]
     connected_at: Mapped[dt.datetime | None]
     disconnected_at: Mapped[dt.datetime | None]

@@ -136,7 +136,9 @@ def save_settings(form: dict, *, actor=None) -> BillingSettings:
     except MoneyError as exc:
         errors["recipient_price"] = str(exc)
     terms_raw = (form.get("payment_terms_days") or "").strip()
-    if not terms_raw.isascii() or not terms_raw.isdigit() or not 0 <= int(terms_raw) <= 365:
+    # Length first: int() of thousands of digits is refused by Python itself.
+    if (len(terms_raw) > 3 or not terms_raw.isascii() or not terms_raw.isdigit()
+            or not 0 <= int(terms_raw) <= 365):
         errors["payment_terms_days"] = "Enter a whole number of days between 0 and 365."
     prefix = (form.get("invoice_prefix") or "").strip()
     if not _PREFIX_RE.match(prefix):

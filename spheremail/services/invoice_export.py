@@ -111,6 +111,18 @@ def is_invoice_externally_billed(invoice: Invoice) -> bool:
     ).first() is not None
 
 
+def externally_billed_invoice_ids(invoice_ids) -> set[int]:
+    """Of ``invoice_ids``, those billed by the coworking system (the same rule, one query):
+    for list pages that must not offer Pay now on them."""
+    ids = [i for i in invoice_ids if i is not None]
+    conn = IntegrationConnection.active()
+    if not ids or conn is None or not conn.exports_invoices:
+        return set()
+    return set(db.session.execute(
+        db.select(Invoice.id).where(Invoice.id.in_(ids)).where(*_billed_by(conn))
+    ).scalars())
+
+
 def eligible_invoice_ids(conn: IntegrationConnection, limit: int | None = None) -> list[int]:
     """Invoices to export now: pending, billed by ``conn`` (:func:`_billed_by`), with a
     number, and either never claimed or in a retryable outbox state."""

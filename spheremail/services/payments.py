@@ -142,6 +142,13 @@ def is_invoice_externally_billed(invoice: Invoice) -> bool:
     return bool(invoice_export.is_invoice_externally_billed(invoice))
 
 
+def externally_billed_invoice_ids(invoices) -> set[int]:
+    """The ids among ``invoices`` that are exported, not paid here (one query, for lists)."""
+    from spheremail.services import invoice_export
+
+    return invoice_export.externally_billed_invoice_ids([i.id for i in invoices])
+
+
 def _mark_paid(invoice: Invoice, reference: str, at: dt.datetime) -> None:
     _billing().mark_invoice_paid(invoice, PAYMENT_METHOD, reference, at)
 

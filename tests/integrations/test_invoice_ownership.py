@@ -136,3 +136,15 @@ def test_exported_set_unchanged_for_the_normal_case(make_customer, enabled_at):
     assert sorted(eligible_invoice_ids(conn)) == sorted([rows["new"].id, rows["at_start"].id])
     pending_elsewhere = [k for k, inv in rows.items() if inv.is_open and is_invoice_externally_billed(inv)]
     assert pending_elsewhere == ["new", "at_start"]
+
+
+def test_invoice_list_offers_pay_now_per_invoice(customer_client, customer, gateway, make_invoice, enabled_at):
+    old = _created(make_invoice(customer), enabled_at - dt.timedelta(days=1))
+    new = _created(make_invoice(customer), enabled_at + dt.timedelta(hours=1))
+    _connect(enabled_at)
+    _link(customer)
+
+    page = customer_client.get("/portal/invoices").get_data(as_text=True)
+    assert f"Pay now: invoice {old.number or old.id}" in page
+    assert f"Pay now: invoice {new.number or new.id}" not in page
+    assert "Billed through your coworking account" in page

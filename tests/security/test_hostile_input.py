@@ -96,3 +96,17 @@ def test_guessing_from_one_address_is_throttled_across_accounts(app, client, aut
     app.config["LOGIN_MAX_FAILURES_PER_ADDRESS"] = 3
     response = client.post(f"/customers/{customer.id}/impersonate", data={"password": TEST_PASSWORD})
     assert b"Too many failed password attempts" in response.data
+
+
+def test_new_customers_list_survives_an_absurd_page(client, logged_in_operator):
+    response = client.get("/business-settings/integrations/officernd/new-customers?page=99999999999999999999999")
+    assert response.status_code == 200
+
+
+def test_thousands_of_digits_in_payment_terms_get_a_message(client, logged_in_operator):
+    page = client.get("/billing/settings").get_data(as_text=True)
+    assert "payment_terms_days" in page
+    response = client.post("/billing/settings", data={"currency": "EUR", "recipient_price": "5.00",
+                                                       "payment_terms_days": "1" * 5000, "invoice_prefix": "INV-"})
+    assert response.status_code == 200
+    assert "whole number of days" in response.get_data(as_text=True)
