@@ -138,21 +138,15 @@ def register_errorhandlers(app: Flask) -> None:
                            "(retype the text rather than pasting it) and try again. Nothing was saved.")
         return _render(400, "Bad request", "The request could not be understood.")
 
-    @app.errorhandler(401)
-    def unauthorized(exc):
-        return _render(401, "Please log in", "Your session has ended. Log in again to continue.")
-
-    @app.errorhandler(403)
-    def forbidden(exc):
-        return _render(403, "Not allowed", "Your account does not have access to this page.")
-
-    @app.errorhandler(404)
-    def not_found(exc):
-        return _render(404, "Not found", "There is nothing at this address.")
-
-    @app.errorhandler(405)
-    def method_not_allowed(exc):
-        return _render(405, "Not allowed", "This action cannot be done this way.")
+    # Client errors: one title and one sentence each, as a page or an HTMX fragment.
+    messages = {
+        401: ("Please log in", "Your session has ended. Log in again to continue."),
+        403: ("Not allowed", "Your account does not have access to this page."),
+        404: ("Not found", "There is nothing at this address."),
+        405: ("Not allowed", "This action cannot be done this way."),
+    }
+    for code, (title, message) in messages.items():
+        app.register_error_handler(code, lambda exc, c=code, t=title, m=message: _render(c, t, m))
 
     @app.errorhandler(500)
     def server_error(exc):

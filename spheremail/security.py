@@ -120,6 +120,20 @@ def _impersonator_still_allowed() -> bool:
     return staff is not None and staff.is_enabled and staff.is_staff
 
 
+def audit_actor():
+    """Who to write in the audit trail for a portal action: the staff member while they act
+    as the customer, else the logged-in user."""
+    staff_id = session.get("impersonator_id")
+    if staff_id:
+        from spheremail.extensions import db
+        from spheremail.models import User
+
+        staff = db.session.get(User, int(staff_id))
+        if staff is not None:
+            return staff
+    return current_user._get_current_object()
+
+
 def acting_as_customer() -> bool:
     """True while a staff member is logged in as a customer (the banner shows)."""
     return bool(session.get("impersonator_id"))

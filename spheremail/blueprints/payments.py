@@ -23,9 +23,9 @@ def _customer():
 
 def _audit_actor():
     """The staff member while they act as the customer, else the customer (the portal's rule)."""
-    from spheremail.blueprints.portal import _actor
+    from spheremail.security import audit_actor
 
-    return _actor()
+    return audit_actor()
 
 
 def _own_invoice(invoice_id: int) -> Invoice:

@@ -11,7 +11,7 @@ from wtforms.validators import DataRequired, Length, Optional, ValidationError
 from spheremail.extensions import db
 from spheremail.htmx import render
 from spheremail.models import Recipient
-from spheremail.security import customer_only, public
+from spheremail.security import audit_actor, customer_only, public
 from spheremail.services.accounts import AccountError, email_taken, validate_password
 from spheremail.services.customers import MAX_COMPANY as COMPANY_MAX
 from spheremail.services.customers import MAX_EMAIL as EMAIL_MAX
@@ -124,15 +124,8 @@ def _customer():
 
 
 def _actor():
-    """Who to write in the audit trail: the staff member while they act as the customer."""
-    from spheremail.models import User
-
-    staff_id = session.get("impersonator_id")
-    if staff_id:
-        staff = db.session.get(User, int(staff_id))
-        if staff is not None:
-            return staff
-    return current_user._get_current_object()
+    """Who to write in the audit trail (see :func:`spheremail.security.audit_actor`)."""
+    return audit_actor()
 
 
 def _own_recipient(recipient_id: int) -> Recipient:
